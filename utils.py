@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFile
+from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,12 +57,13 @@ class UserError(SystemExit):
 # run setup: device, seed, precision, run directory, logs, plots
 # ---------------------------------------------------------------------------------------------
 def get_device(name=None):
-    """`name` None/'auto' -> CUDA when present, else CPU. Asking for CUDA without one is an error."""
+    """None/'auto' -> CUDA when present, else CPU. Asking for CUDA without one is an error."""
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} was asked for but no CUDA GPU is visible; use --device cpu")
+        raise UserError(f"--device {name} was asked for but no CUDA GPU is visible; "
+                        "use --device cpu")
     return device
 
 
@@ -253,7 +254,8 @@ def read_office_csv(csv_path, image_dir=None, require_labels=True):
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) < len(header):
-                raise UserError(f"{csv_path}:{line_no} has {len(row)} fields, expected {len(header)}")
+                raise UserError(f"{csv_path}:{line_no} has {len(row)} fields, "
+                                f"expected {len(header)}")
             filename = row[col["filename"]].strip()
             if filename in seen:
                 raise UserError(f"{csv_path}:{line_no} lists {filename} a second time")
@@ -298,8 +300,11 @@ def list_sat_pairs(folder, require_masks=True):
         lonely = sorted(set(sats) ^ set(masks))
         if lonely:
             i = lonely[0]
-            have, lack = (f"{i}_sat.jpg", f"{i}_mask.png") if i in sats else (f"{i}_mask.png", f"{i}_sat.jpg")
-            raise UserError(f"{folder}/{have} has no partner {lack} ({len(lonely)} unpaired file(s))")
+            have, lack = f"{i}_sat.jpg", f"{i}_mask.png"
+            if i not in sats:
+                have, lack = lack, have
+            raise UserError(f"{folder}/{have} has no partner {lack} "
+                            f"({len(lonely)} unpaired file(s))")
     return [(i, sats[i], masks.get(i)) for i in sorted(sats)]
 
 
@@ -438,7 +443,8 @@ class ImageBank:
             arr = np.ascontiguousarray(arr.transpose(0, 3, 1, 2))  # (N, H, W, 3) -> (N, 3, H, W)
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=cache_file.parent, suffix=".npy", delete=False) as f:
+            with tempfile.NamedTemporaryFile(dir=cache_file.parent, suffix=".npy",
+                                             delete=False) as f:
                 np.save(f, arr)
             os.replace(f.name, cache_file)
         return cls(torch.from_numpy(arr), paths)
@@ -558,8 +564,9 @@ def gaussian_blur(x, sigma, kernel_size):
     k = k / k.sum(1, keepdim=True)
     k = k.repeat_interleave(c, 0)  # one kernel per (image, channel) group
     y = x.reshape(1, b * c, h, w)
-    y = F.conv2d(F.pad(y, (half, half, 0, 0), mode="reflect"), k.view(b * c, 1, 1, -1), groups=b * c)
-    y = F.conv2d(F.pad(y, (0, 0, half, half), mode="reflect"), k.view(b * c, 1, -1, 1), groups=b * c)
+    g = b * c
+    y = F.conv2d(F.pad(y, (half, half, 0, 0), mode="reflect"), k.view(g, 1, 1, -1), groups=g)
+    y = F.conv2d(F.pad(y, (0, 0, half, half), mode="reflect"), k.view(g, 1, -1, 1), groups=g)
     return y.view(b, c, h, w)
 
 
@@ -642,13 +649,14 @@ class SegmentationAugment:
 
     def __init__(self, size=None, min_scale=0.5, p_flip=0.5, rotate=True, generator=None):
         self.size = _pair(size)
-        self.min_scale, self.p_flip, self.rotate, self.generator = min_scale, p_flip, rotate, generator
+        self.min_scale, self.p_flip, self.rotate = min_scale, p_flip, rotate
+        self.generator = generator
 
     def __call__(self, image, mask):
         x = to_float(image)
         n, dev, g = x.shape[0], x.device, self.generator
         size = self.size or tuple(x.shape[-2:])
-        s = _rand(n, dev, g, self.min_scale, 1.0) if self.min_scale < 1 else torch.ones(n, device=dev)
+        s = _rand(n, dev, g, self.min_scale, 1.0)  # crop side, a fraction of the image side
         cx = (1 - s) * _rand(n, dev, g) + s / 2
         cy = (1 - s) * _rand(n, dev, g) + s / 2
         square = x.shape[-1] == x.shape[-2] and size[0] == size[1]
@@ -730,7 +738,8 @@ class ConfusionMatrix:
         if t.shape != p.shape:
             raise ValueError(f"target has {t.numel()} pixels, prediction {p.numel()}")
         ok = (t >= 0) & (t < self.n) & (p >= 0) & (p < self.n)
-        self.mat += torch.bincount(self.n * t[ok] + p[ok], minlength=self.n ** 2).view(self.n, self.n)
+        counts = torch.bincount(self.n * t[ok] + p[ok], minlength=self.n ** 2)
+        self.mat += counts.view(self.n, self.n)
         return self
 
     def reset(self):
@@ -787,12 +796,13 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, scaler=None, ep
         "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": epoch,
         "best_metric": best_metric,
-        "args": {k: _jsonable(v) for k, v in vars(args).items()} if args is not None and not isinstance(args, dict) else args,
+        "args": args_dict(args),
         **extra,
     }
     tmp = None
     try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
+                                         delete=False) as f:
             tmp = f.name
             torch.save(state, f)
             f.flush()
@@ -802,6 +812,14 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, scaler=None, ep
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def args_dict(args):
+    """argparse.Namespace (or dict, or None) -> a plain dict that pickles without our classes."""
+    if args is None:
+        return None
+    items = args.items() if isinstance(args, dict) else vars(args).items()
+    return {k: _jsonable(v) for k, v in items}
 
 
 def load_checkpoint(path, map_location="cpu", expect_keys=("model",)):

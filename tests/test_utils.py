@@ -1,0 +1,292 @@
+"""Foundation tests: mask codec, mIoU, scorer, data readers, image bank, augmentation,
+checkpoints. All on CPU, on the four real satellite pairs and tiny generated files."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+import p2_evaluate
+import utils
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO.parent / "shared" / "data" / "p2_samples"
+SAMPLE_IDS = ("0008", "0097", "0107", "0128")
+# class pixel counts of the real samples, from shared/data/p2_samples/SOURCES.md
+SAMPLE_COUNTS = {
+    "0008": {"Water": 64849, "Rangeland": 80787, "Agriculture": 116508},
+    "0097": {"Water": 7522, "Forest": 167706, "Urban": 1856, "Rangeland": 20023,
+             "Agriculture": 65037},
+    "0107": {"Water": 1961, "Urban": 129904, "Rangeland": 110004, "Barren": 20275},
+    "0128": {"Water": 2032, "Forest": 170825, "Urban": 1475, "Rangeland": 24525,
+             "Agriculture": 63287},
+}
+
+
+# --------------------------------------------------------------------------------- mask codec
+@pytest.mark.parametrize("mask_id", SAMPLE_IDS)
+def test_codec_on_real_masks_matches_published_counts(mask_id):
+    classes = utils.read_mask(SAMPLES / f"{mask_id}_mask.png")
+    assert classes.shape == (512, 512)
+    values, counts = np.unique(classes, return_counts=True)
+    got = {utils.CLASS_NAMES[v]: int(c) for v, c in zip(values, counts)}
+    assert got == SAMPLE_COUNTS[mask_id]
+
+
+def test_codec_thresholds_each_channel_at_128_and_red_is_unknown():
+    rgb = np.array([[[0, 255, 255], [127, 128, 200], [255, 200, 0], [200, 10, 130],
+                     [10, 250, 5], [0, 0, 128], [130, 129, 128], [40, 40, 40], [255, 0, 0]]],
+                   dtype=np.uint8)
+    # cyan, noisy cyan, yellow, noisy magenta, green, blue, white at threshold, black, red
+    assert utils.mask_to_classes(rgb).tolist() == [[0, 0, 1, 2, 3, 4, 5, 6, 6]]
+
+
+def test_palette_round_trip_through_png(tmp_path):
+    classes = np.arange(7, dtype=np.uint8).repeat(3).reshape(3, 7)
+    utils.write_mask(tmp_path / "0001_mask.png", classes)
+    rgb = np.asarray(Image.open(tmp_path / "0001_mask.png"))
+    assert rgb.dtype == np.uint8 and rgb.shape == (3, 7, 3)
+    assert {tuple(p) for p in rgb.reshape(-1, 3)} == {tuple(p) for p in utils.PALETTE}
+    assert np.array_equal(utils.read_mask(tmp_path / "0001_mask.png"), classes)
+
+
+# --------------------------------------------------------------------------------- mIoU
+def test_confusion_matrix_iou_by_hand():
+    # truth:  0 0 1 1 6 6 2
+    # pred :  0 1 1 1 0 3 3
+    cm = utils.ConfusionMatrix().update(torch.tensor([0, 0, 1, 1, 6, 6, 2]),
+                                        torch.tensor([0, 1, 1, 1, 0, 3, 3]))
+    iou = cm.iou()
+    # class 0: TP 1, FP 1 (the Unknown pixel), FN 1 -> 1/3
+    # class 1: TP 2, FP 1, FN 0 -> 2/3;  class 2: TP 0, FN 1 -> 0
+    # class 3: TP 0, FP 2 (Unknown and class-2 pixels) -> 0;  classes 4, 5 absent -> NaN
+    assert iou[:4].tolist() == pytest.approx([1 / 3, 2 / 3, 0.0, 0.0])
+    assert torch.isnan(iou[4]) and torch.isnan(iou[5])
+    assert cm.miou() == pytest.approx((1 / 3 + 2 / 3 + 0 + 0) / 4)
+    assert cm.per_class()["Water"] is None
+
+
+def test_confusion_matrix_sums_over_images_not_per_image_mean():
+    cm = utils.ConfusionMatrix()
+    cm.update(torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))  # IoU_0 = 1
+    cm.update(torch.tensor([0]), torch.tensor([5]))  # IoU_0 = 0 on this image alone
+    # over all pixels: TP 4, FN 1 -> 0.8 (a per-image mean would give 0.5)
+    assert cm.iou()[0].item() == pytest.approx(0.8)
+
+
+# --------------------------------------------------------------------------------- scorer
+def _copy_masks(dst, ids=SAMPLE_IDS):
+    dst.mkdir(parents=True, exist_ok=True)
+    for i in ids:
+        shutil.copy(SAMPLES / f"{i}_mask.png", dst / f"{i}_mask.png")
+    return dst
+
+
+def test_evaluate_perfect_prediction_is_one(tmp_path):
+    pred = _copy_masks(tmp_path / "pred")
+    cm, n = p2_evaluate.evaluate(SAMPLES, pred)
+    assert n == 4 and cm.miou() == 1.0
+
+
+def test_evaluate_known_corruption_by_hand(tmp_path, capsys):
+    pred = _copy_masks(tmp_path / "pred")
+    # in 0008 every Water pixel is predicted Agriculture
+    classes = utils.read_mask(SAMPLES / "0008_mask.png")
+    classes[classes == 4] = 1
+    utils.write_mask(pred / "0008_mask.png", classes)
+    water = 11515 / (11515 + 64849)  # TP = water of 0097, 0107, 0128; FN = water of 0008
+    agri = 244832 / (244832 + 64849)  # TP = all agriculture; FP = the relabelled water
+    expected = (1 + agri + 1 + 1 + water + 1) / 6
+    miou = p2_evaluate.main(p2_evaluate.get_args_parser().parse_args(
+        ["-g", str(SAMPLES), "-p", str(pred)]))
+    assert miou == pytest.approx(expected, abs=1e-12)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == f"mean_iou: {expected:.6f}"
+    assert out[4] == f"class #4 (Water) : {water:.5f}"
+
+
+def test_evaluate_names_missing_and_extra_predictions(tmp_path):
+    pred = _copy_masks(tmp_path / "pred", SAMPLE_IDS[:3])
+    with pytest.raises(SystemExit, match="0128_mask.png"):
+        p2_evaluate.evaluate(SAMPLES, pred)
+    _copy_masks(pred, SAMPLE_IDS)
+    shutil.copy(SAMPLES / "0008_mask.png", pred / "9999_mask.png")
+    with pytest.raises(SystemExit, match="9999_mask.png"):
+        p2_evaluate.evaluate(SAMPLES, pred)
+
+
+def test_evaluate_cli_exits_with_one_line_on_missing_folder(tmp_path):
+    proc = subprocess.run([sys.executable, "p2_evaluate.py", "-g", str(SAMPLES), "-p",
+                           str(tmp_path / "nope")], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: prediction folder {tmp_path / 'nope'} does not exist"]
+
+
+# --------------------------------------------------------------------------------- data sets
+def test_read_office_test_csv_with_none_labels(tmp_path):
+    (tmp_path / "img").mkdir()
+    for name in ("0000.jpg", "0001.jpg"):
+        Image.new("RGB", (5, 4)).save(tmp_path / "img" / name)
+    csv = tmp_path / "test.csv"
+    csv.write_text("id,filename,label\n0,0000.jpg,None\n1,0001.jpg,\n")
+    rows = utils.read_office_csv(csv, tmp_path / "img", require_labels=False)
+    assert [(r["id"], r["filename"], r["label"]) for r in rows] == [("0", "0000.jpg", -1),
+                                                                   ("1", "0001.jpg", -1)]
+    with pytest.raises(SystemExit, match="no label"):
+        utils.read_office_csv(csv, tmp_path / "img", require_labels=True)
+    csv.write_text("id,filename,label\n0,13_15.jpg,13\n")
+    with pytest.raises(SystemExit, match="13_15.jpg"):
+        utils.read_office_csv(csv, tmp_path / "img")
+    csv.write_text("id,label\n0,13\n")
+    with pytest.raises(SystemExit, match="expected id,filename,label"):
+        utils.read_office_csv(csv)
+
+
+def test_sat_pairs_by_id_and_unpaired_error(tmp_path):
+    for i in ("0002", "0001"):
+        Image.new("RGB", (4, 4)).save(tmp_path / f"{i}_sat.jpg")
+        Image.new("RGB", (4, 4)).save(tmp_path / f"{i}_mask.png")
+    pairs = utils.list_sat_pairs(tmp_path)
+    assert [(i, s.name, m.name) for i, s, m in pairs] == [
+        ("0001", "0001_sat.jpg", "0001_mask.png"), ("0002", "0002_sat.jpg", "0002_mask.png")]
+    Image.new("RGB", (4, 4)).save(tmp_path / "0003_sat.jpg")
+    with pytest.raises(SystemExit, match="0003_sat.jpg has no partner 0003_mask.png"):
+        utils.list_sat_pairs(tmp_path)
+    assert len(utils.list_sat_pairs(tmp_path, require_masks=False)) == 3
+
+
+# --------------------------------------------------------------------------------- image bank
+def test_image_bank_decodes_resizes_and_reuses_its_cache(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (w, h) in enumerate([(20, 10), (12, 12), (7, 30)]):
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(arr).save(paths[-1])
+    with pytest.raises(SystemExit, match="different sizes"):
+        utils.ImageBank.from_paths(paths)
+    bank = utils.ImageBank.from_paths(paths, size=8, cache_dir=tmp_path / "cache")
+    assert bank.images.shape == (3, 3, 8, 8) and bank.images.dtype == torch.uint8
+    expected = np.asarray(Image.open(paths[2]).convert("RGB").resize((8, 8), Image.BICUBIC))
+    assert np.array_equal(bank.images[2].permute(1, 2, 0).numpy(), expected)
+    assert len(list((tmp_path / "cache").glob("bank-image-*.npy"))) == 1
+
+    # the second load must come from the cache: decoding now fails loudly
+    monkeypatch.setattr(utils, "_decode", lambda *a: (_ for _ in ()).throw(AssertionError))
+    again = utils.ImageBank.from_paths(paths, size=8, cache_dir=tmp_path / "cache")
+    assert torch.equal(again.images, bank.images)
+    batch = again.batch(torch.tensor([2, 0]))
+    assert torch.equal(batch[0], bank.images[2])
+
+
+def test_mask_bank_holds_class_indices():
+    bank = utils.ImageBank.from_paths([SAMPLES / "0107_mask.png"], kind="mask")
+    assert bank.images.shape == (1, 512, 512)
+    assert int((bank.images == 0).sum()) == 129904  # Urban pixels of 0107
+
+
+# --------------------------------------------------------------------------------- augmentation
+def test_classification_augment_draws_per_sample():
+    torch.manual_seed(0)
+    same = torch.randint(0, 256, (1, 3, 40, 40), dtype=torch.uint8).repeat(8, 1, 1, 1)
+    aug = utils.ClassificationAugment(size=32, p_jitter=0.8, jitter=(0.4, 0.4, 0.2, 0.1),
+                                      p_gray=0.2, p_blur=0.5, p_solarize=0.2)
+    out = aug(same)
+    assert out.shape == (8, 3, 32, 32)
+    flat = out.flatten(1)
+    # eight copies of one image give eight different views
+    assert torch.cdist(flat, flat).add(torch.eye(8) * 1e9).min() > 1e-3
+    ev = utils.ClassificationAugment(size=32, train=False)(same)
+    assert torch.allclose(ev[0], ev[7])
+
+
+def test_segmentation_augment_is_joint_and_exact():
+    torch.manual_seed(1)
+    x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    m = torch.randint(0, 7, (6, 8, 8), dtype=torch.uint8)
+    img, mask = utils.SegmentationAugment(min_scale=1.0)(x, m)
+    xf = utils.normalize(utils.to_float(x))
+    seen = set()
+    for i in range(6):
+        # with no crop, each output is one of the 8 flips/rotations of its input,
+        # the SAME one for image and mask
+        found = [k for k in range(8)
+                 if torch.equal(mask[i], _dihedral(m[i], k).long())
+                 and torch.allclose(img[i], _dihedral(xf[i], k), atol=1e-5)]
+        assert found
+        seen.add(found[0])
+    assert len(seen) > 1
+
+
+def _dihedral(a, k):
+    r = torch.rot90(a, k // 2, (-2, -1))
+    return r.flip(-1) if k % 2 else r
+
+
+def test_gaussian_blur_per_sample_sigma():
+    x = torch.zeros(2, 1, 21, 21)  # wide enough that the reflected border stays zero
+    x[:, :, 10, 10] = 1.0
+    y = utils.gaussian_blur(x, torch.tensor([0.5, 2.0]), kernel_size=9)
+    assert y.sum((1, 2, 3)).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert y[0, 0, 10, 10] > y[1, 0, 10, 10]  # the narrower kernel keeps more in the centre
+    t = torch.arange(-4, 5, dtype=torch.float32)
+    k = torch.exp(-t ** 2 / 8)
+    k = k / k.sum()
+    assert y[1, 0, 10, 10].item() == pytest.approx((k[4] * k[4]).item(), rel=1e-5)
+
+
+# --------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip_and_failed_save_keeps_the_old_one(tmp_path, monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    path = tmp_path / "ckpt.pth"
+    utils.save_checkpoint(path, model, opt, epoch=3, best_metric=0.5, args={"lr": 1e-3})
+    ckpt = utils.load_checkpoint(path)
+    assert ckpt["epoch"] == 3 and ckpt["best_metric"] == 0.5 and ckpt["args"] == {"lr": 1e-3}
+    assert torch.equal(ckpt["model"]["weight"], model.weight)
+    assert ckpt["optimizer"]["state"][0]["step"] == 1
+
+    real_save = torch.save
+
+    def crash_midway(obj, f):
+        real_save(obj, f)
+        f.truncate(10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        utils.save_checkpoint(path, model, opt, epoch=4)
+    monkeypatch.undo()
+    assert utils.load_checkpoint(path)["epoch"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]  # no temp file left behind
+
+
+def test_load_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(SystemExit, match=r"nope.pth does not exist.*hw1_download.sh"):
+        utils.load_checkpoint(tmp_path / "nope.pth")
+    (tmp_path / "bad.pth").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(SystemExit, match="bad.pth cannot be read"):
+        utils.load_checkpoint(tmp_path / "bad.pth")
+
+
+def test_load_resnet_weights_reports_missing_and_unexpected(tmp_path, capsys):
+    src = torchvision.models.resnet18(weights=None)
+    state = {f"module.{k}": v for k, v in src.state_dict().items()}
+    del state["module.layer1.0.conv1.weight"]
+    state["module.extra.weight"] = torch.zeros(1)
+    dst = torchvision.models.resnet18(weights=None)
+    missing, unexpected = utils.load_resnet_weights(dst, state)
+    assert missing == ["layer1.0.conv1.weight"] and unexpected == ["extra.weight"]
+    assert torch.equal(dst.layer4[1].bn2.running_var, src.layer4[1].bn2.running_var)
+    assert "missing 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="wrong shape"):
+        utils.load_resnet_weights(torchvision.models.resnet50(weights=None), src.state_dict())
