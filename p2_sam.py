@@ -1,0 +1,742 @@
+"""SAM (segment-anything) automatic masks on satellite images, and SAM's masks against model B.
+
+Report section 2.5: SAM ViT-H, SamAutomaticMaskGenerator with 32 points per side, predicted-IoU
+threshold 0.88 and min mask region area 100; masks overlaid in random colours, largest first.
+
+    bash hw1_download.sh sam     # -> checkpoints/sam_vit_h_4b8939.pth
+    # the report's figure: three validation images side by side
+    python3 p2_sam.py --checkpoint checkpoints/sam_vit_h_4b8939.pth --model-type vit_h \\
+        --input hw1_data/p2_data/validation --ids 0013 0062 0104 --output-dir runs/sam
+    # single files, per-mask PNGs + metadata.csv (as segment-anything's scripts/amg.py) and
+    # COCO RLE json
+    python3 p2_sam.py --checkpoint checkpoints/sam_vit_h_4b8939.pth --model-type vit_h \\
+        --input a_sat.jpg b.png --output-dir runs/sam_files --save-masks --json
+    # SAM against model B on the whole validation split (model B's masks from hw1_2.sh);
+    # the figures show 0013 0062 0104
+    bash hw1_2.sh "$PWD/hw1_data/p2_data/validation" "$PWD/results/p2_B"
+    python3 p2_sam.py --checkpoint checkpoints/sam_vit_h_4b8939.pth --model-type vit_h \\
+        --input hw1_data/p2_data/validation --output-dir runs/sam_vs_b \\
+        --gt-dir hw1_data/p2_data/validation --pred-dir results/p2_B \\
+        --figure-ids 0013 0062 0104
+
+Outputs in --output-dir: `{id}_sam.png` (the overlay, same size as the input; id is the file
+name without `_sat.jpg` / extension), `sam_figure.png` (or --figure), `args.json`,
+`sam_log.jsonl` (one line per image: masks, seconds); with --save-masks `masks/{id}/{i}.png` +
+`metadata.csv`; with --json `{id}_sam.json`; with --gt-dir/--pred-dir `sam_vs_model_b.json`,
+`sam_vs_model_b.md` and `sam_vs_model_b.png`.
+
+Mask order. Masks are sorted by area, largest first (stable), once, right after generation;
+that order is the drawing order (smaller masks are painted over larger ones and stay visible),
+the numbering of --save-masks / --json, and the order of the relabelling below.
+
+SAM against model B (--gt-dir with ground-truth `xxxx_mask.png`, --pred-dir with model B's
+`xxxx_mask.png`, class indices 0..6 read as the course scorer reads them):
+  purity     sum_m max_c |m & GT_c| / sum_m |m| over all masks m of all evaluated images, c over
+             the 7 classes (Unknown included: a mask lying on Unknown ground truth is pure).
+             Overlapping masks each count in full. 1.0 = no SAM mask straddles a class border.
+  relabelled each SAM mask takes model B's majority class inside the whole mask (ties -> lower
+             class index); masks are painted largest first, so where masks overlap the
+             smallest wins (as in the overlay); pixels covered by no mask keep model B's class.
+  mIoU       of model B and of the relabelled map, each over all pixels of all evaluated images
+             at once (utils.ConfusionMatrix: classes 0..5 averaged, an Unknown-truth pixel
+             predicted as class i is a false positive of i, a class absent from both truth and
+             prediction is left out of the mean).
+
+Precision: on CUDA, SAM's image encoder and mask decoder run under bf16 autocast (--no-amp for
+fp32) and hand float32 to the mask generator, whose thresholding, stability scores, NMS and
+resizing of mask logits stay in float32, as upstream. The default --points-per-batch is 256 on
+CUDA (upstream: 64, kept on CPU).
+"""
+
+import argparse
+import csv
+import json
+import math
+import pickle
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
+from segment_anything.utils.amg import coco_encode_rle, mask_to_rle_pytorch
+
+import utils
+from utils import (
+    CLASS_NAMES,
+    IMAGE_EXTENSIONS,
+    NUM_CLASSES,
+    SCORED_CLASSES,
+    ConfusionMatrix,
+    UserError,
+)
+
+MODEL_TYPES = ("vit_h", "vit_l", "vit_b")
+# The official file of each model type (https://github.com/facebookresearch/segment-anything).
+CHECKPOINT_NAMES = {"vit_h": "sam_vit_h_4b8939.pth", "vit_l": "sam_vit_l_0b3195.pth",
+                    "vit_b": "sam_vit_b_01ec64.pth"}
+# The ViT width tells the model type apart: image_encoder.patch_embed.proj.weight is (D, 3, 16, 16).
+PATCH_KEY = "image_encoder.patch_embed.proj.weight"
+EMBED_DIM_TO_TYPE = {1280: "vit_h", 1024: "vit_l", 768: "vit_b"}
+GPU_POINTS_PER_BATCH, CPU_POINTS_PER_BATCH = 256, 64
+METADATA_HEADER = ("id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,"
+                   "predicted_iou,stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h")
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(
+        description="SAM automatic masks overlaid in random colours (largest first), one "
+                    "overlay PNG per input and one figure; optionally SAM's masks against model "
+                    "B's predictions (class purity, mIoU after relabelling each mask).",
+        epilog="Exact commands are in the module docstring (head -40 p2_sam.py).")
+    parser.add_argument("--checkpoint", required=True, type=Path, metavar="PATH",
+                        help="SAM weights, e.g. checkpoints/sam_vit_h_4b8939.pth "
+                             "(bash hw1_download.sh sam)")
+    parser.add_argument("--model-type", default="vit_h", choices=MODEL_TYPES,
+                        help="must match the checkpoint (default: %(default)s, the report's)")
+    parser.add_argument("--input", required=True, nargs="+", type=Path, metavar="FILE_OR_DIR",
+                        help="images and/or folders; a folder gives its *_sat.jpg files (all its "
+                             "images if it has none), or the --ids ones")
+    parser.add_argument("--ids", nargs="+", default=None, metavar="ID",
+                        help="take {ID}_sat.jpg from the --input folders, e.g. 0013 0062 0104")
+    parser.add_argument("--output-dir", required=True, type=Path, metavar="DIR",
+                        help="where overlays, figures and logs go (created)")
+    parser.add_argument("--figure", type=Path, default=None, metavar="PATH",
+                        help="the side-by-side figure (default: OUTPUT_DIR/sam_figure.png)")
+    parser.add_argument("--figure-ids", nargs="+", default=None, metavar="ID",
+                        help="images shown in the figures (default: --ids, else the first 3)")
+    parser.add_argument("--save-masks", action="store_true",
+                        help="also write masks/{id}/{i}.png and metadata.csv, as amg.py does")
+    parser.add_argument("--json", action="store_true",
+                        help="also write {id}_sam.json: the mask records with COCO RLE "
+                             "segmentations (compressed with pycocotools if installed, else "
+                             "COCO's uncompressed form)")
+    parser.add_argument("--alpha", type=float, default=0.35,
+                        help="opacity of the mask colours (default: %(default)s, SAM's notebooks)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the mask colours")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cuda, cpu")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                        help="bf16 autocast of SAM's networks on CUDA (no effect on CPU)")
+
+    cmp = parser.add_argument_group(
+        "SAM against model B", "give both to score SAM's masks; see the module docstring")
+    cmp.add_argument("--gt-dir", type=Path, default=None, metavar="DIR",
+                     help="ground-truth xxxx_mask.png (e.g. hw1_data/p2_data/validation); "
+                          "inputs without one get an overlay only")
+    cmp.add_argument("--pred-dir", type=Path, default=None, metavar="DIR",
+                     help="model B's xxxx_mask.png for the same ids (written by hw1_2.sh)")
+
+    amg = parser.add_argument_group(
+        "AMG settings", "SamAutomaticMaskGenerator's knobs; defaults are the report's (32 points "
+                        "per side, predicted-IoU threshold 0.88, min mask region area 100), the "
+                        "rest upstream's")
+    amg.add_argument("--points-per-side", type=int, default=32,
+                     help="prompt grid of N x N points over the image (default: %(default)s)")
+    amg.add_argument("--points-per-batch", type=int, default=None,
+                     help=f"prompts decoded at once: more is faster and needs more memory "
+                          f"(default: {GPU_POINTS_PER_BATCH} on CUDA, {CPU_POINTS_PER_BATCH} "
+                          f"on CPU)")
+    amg.add_argument("--pred-iou-thresh", type=float, default=0.88,
+                     help="drop masks whose predicted IoU is below this (default: %(default)s)")
+    amg.add_argument("--stability-score-thresh", type=float, default=0.95,
+                     help="drop masks whose stability score is below this (default: %(default)s)")
+    amg.add_argument("--stability-score-offset", type=float, default=1.0,
+                     help="logit shift used to measure stability (default: %(default)s)")
+    amg.add_argument("--box-nms-thresh", type=float, default=0.7,
+                     help="box IoU above which a duplicate mask is dropped (default: %(default)s)")
+    amg.add_argument("--crop-n-layers", type=int, default=0,
+                     help="if > 0, also run on 4^k crops for k = 1..N (default: %(default)s)")
+    amg.add_argument("--crop-nms-thresh", type=float, default=0.7,
+                     help="box IoU for duplicates across crops (default: %(default)s)")
+    amg.add_argument("--crop-overlap-ratio", type=float, default=512 / 1500,
+                     help="overlap of neighbouring crops, fraction of the image side "
+                          "(default: 512/1500)")
+    amg.add_argument("--crop-n-points-downscale-factor", type=int, default=1,
+                     help="points per side in crop layer k divided by this^k "
+                          "(default: %(default)s)")
+    amg.add_argument("--min-mask-region-area", type=int, default=100,
+                     help="remove islands and holes smaller than this many pixels "
+                          "(default: %(default)s)")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------------------------
+def image_id(path):
+    """`0013_sat.jpg` -> `0013`; any other file -> its name without extension."""
+    stem = Path(path).stem
+    return stem[: -len("_sat")] if stem.endswith("_sat") else stem
+
+
+def list_inputs(inputs, ids=None):
+    """Files to segment, in the order given: files as they are, folders expanded.
+
+    A folder gives its `{id}_sat.jpg` for each of `ids`, else all its `*_sat.jpg` (so the
+    `*_mask.png` beside them are not segmented), else all its images. A path that does not exist
+    is an error; an existing file that cannot be decoded is skipped later, with a message.
+    """
+    files, folders = [], []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            folders.append(p)
+            if ids:
+                files += [p / f"{i}_sat.jpg" for i in ids if (p / f"{i}_sat.jpg").is_file()]
+            else:
+                files += sorted(p.glob("*_sat.jpg")) or sorted(
+                    q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise UserError(f"--input {p} does not exist")
+    if ids:
+        if not folders:
+            raise UserError("--ids picks {id}_sat.jpg files from folders; give a folder to --input")
+        found = {image_id(f) for f in files}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise UserError(f"no {missing[0]}_sat.jpg in {', '.join(map(str, folders))} "
+                            f"({len(missing)} of the --ids missing)")
+    if not files:
+        raise UserError(f"no images in {', '.join(map(str, inputs))}")
+    seen = {}
+    for f in files:
+        if image_id(f) in seen:
+            raise UserError(f"{seen[image_id(f)]} and {f} would both write {image_id(f)}_sam.png; "
+                            "segment them in separate runs")
+        seen[image_id(f)] = f
+    return files
+
+
+def comparison_pairs(files, gt_dir, pred_dir):
+    """{id: (gt_path, pred_path)} for the inputs that have ground truth.
+
+    A missing prediction for an image with ground truth stops the run before SAM is loaded.
+    """
+    for folder, what in ((gt_dir, "--gt-dir"), (pred_dir, "--pred-dir")):
+        if not Path(folder).is_dir():
+            raise UserError(f"{what} {folder} does not exist")
+    pairs, no_gt = {}, []
+    for f in files:
+        i = image_id(f)
+        gt = Path(gt_dir) / f"{i}_mask.png"
+        if gt.is_file():
+            pairs[i] = (gt, Path(pred_dir) / f"{i}_mask.png")
+        else:
+            no_gt.append(i)
+    if not pairs:
+        raise UserError(f"no input has a ground-truth mask in {gt_dir} (looked for e.g. "
+                        f"{Path(gt_dir) / (image_id(files[0]) + '_mask.png')})")
+    no_pred = [i for i, (_, p) in pairs.items() if not p.is_file()]
+    if no_pred:
+        raise UserError(f"no model B prediction {pairs[no_pred[0]][1]} ({len(no_pred)} missing); "
+                        "write them with `bash hw1_2.sh IMAGE_DIR PRED_DIR`")
+    if no_gt:
+        print(f"{len(no_gt)} input(s) without ground truth in {gt_dir} (e.g. {no_gt[0]}): "
+              "overlay only")
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------------------------
+def infer_model_type(state_dict):
+    """vit_h / vit_l / vit_b from the width of the patch embedding, or None."""
+    weight = state_dict.get(PATCH_KEY) if isinstance(state_dict, dict) else None
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 4:
+        return None
+    return EMBED_DIM_TO_TYPE.get(weight.shape[0])
+
+
+def load_sam_state_dict(checkpoint, model_type, map_location="cpu"):
+    """The state_dict of a SAM checkpoint on `map_location`, with one-line errors.
+
+    segment_anything's build_sam calls torch.load(f) with no map_location (a GPU-saved file
+    fails on a CPU machine) and unpickles arbitrary objects; here the official files (plain
+    tensor dicts) load with weights_only=True. Only a file that needs more is fully unpickled.
+    """
+    path = Path(checkpoint)
+    fetch = (f"run `bash hw1_download.sh sam` (it writes checkpoints/{CHECKPOINT_NAMES['vit_h']})"
+             if model_type == "vit_h" else
+             f"`bash hw1_download.sh sam` fetches only ViT-H ({CHECKPOINT_NAMES['vit_h']}); get "
+             f"{CHECKPOINT_NAMES[model_type]} from the segment-anything README")
+    if not path.is_file():
+        raise UserError(f"SAM checkpoint {path} does not exist; {fetch}")
+    state = None
+    for weights_only in (True, False):
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=weights_only)
+            break
+        except pickle.UnpicklingError:
+            if not weights_only:
+                raise UserError(f"SAM checkpoint {path} cannot be unpickled; {fetch}") from None
+        except Exception as e:  # RuntimeError, EOFError, ... from a truncated or foreign file
+            raise UserError(f"SAM checkpoint {path} cannot be read ({type(e).__name__}); it is "
+                            f"truncated or not a PyTorch file; {fetch}") from None
+    if isinstance(state, dict) and PATCH_KEY not in state:
+        for key in ("model", "state_dict"):  # a training checkpoint that wraps the weights
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not a SAM state_dict; {fetch}")
+    state = utils.strip_prefixes(state, ("module.", "_orig_mod."))
+    found = infer_model_type(state)
+    if found is None:
+        raise UserError(f"{path} is not a SAM checkpoint (no {PATCH_KEY} of width "
+                        f"{'/'.join(map(str, EMBED_DIM_TO_TYPE))}); {fetch}")
+    if found != model_type:
+        raise UserError(f"{path} holds SAM {found} weights (width "
+                        f"{state[PATCH_KEY].shape[0]}), not {model_type}: pass --model-type "
+                        f"{found}, or {fetch}")
+    return state
+
+
+def build_sam_model(model_type="vit_h", checkpoint=None, device="cpu"):
+    """SAM of `model_type` in eval mode on `device`; weights from `checkpoint` (None: random).
+
+    The architecture comes from segment_anything's registry built with checkpoint=None; the
+    weights are loaded here (load_sam_state_dict), so the file maps to `device` directly and a
+    wrong file is one line, not a traceback.
+    """
+    if model_type not in MODEL_TYPES:
+        raise UserError(f"unknown --model-type {model_type}; choose from {', '.join(MODEL_TYPES)}")
+    device = torch.device(device)
+    state = load_sam_state_dict(checkpoint, model_type, device) if checkpoint else None
+    model = sam_model_registry[model_type](checkpoint=None).to(device)
+    if state is not None:
+        target = model.state_dict()
+        missing = [k for k in target if k not in state]
+        unexpected = [k for k in state if k not in target]
+        wrong = [k for k in state if k in target and state[k].shape != target[k].shape]
+        if missing or unexpected or wrong:
+            k = (missing or unexpected or wrong)[0]
+            raise UserError(f"{checkpoint} does not fit SAM {model_type}: {len(missing)} missing, "
+                            f"{len(unexpected)} unexpected, {len(wrong)} wrongly shaped tensors "
+                            f"(e.g. {k}); run `bash hw1_download.sh sam` for the official file")
+        model.load_state_dict(state)
+        del state
+    return model.eval()
+
+
+def autocast_sam(model, context):
+    """Run SAM's image encoder and mask decoder under `context()` and return float32 from both.
+
+    `context` is a zero-argument callable giving a context manager: utils.autocast(device, amp)
+    (bf16 on CUDA, a no-op on CPU). Nearly all of the compute is in these two networks (the
+    decoder runs once per prompt point, 1024 times per image at 32 points per side). The mask
+    generator then thresholds logits, computes stability scores, runs torchvision NMS (which
+    wants float boxes and scores of one dtype) and converts to numpy (which has no bf16), so
+    both networks hand back float32; SamPredictor's upsampling of the mask logits to the image
+    size runs outside the context, in float32, as upstream. Patches the two modules' `forward`
+    on this instance only (the state_dict keys stay upstream's); calling it again is a no-op.
+    """
+    for module in (model.image_encoder, model.mask_decoder):
+        if getattr(module, "_p2_sam_autocast", False):
+            continue
+        forward = module.forward
+
+        def wrapped(*args, _forward=forward, **kwargs):
+            with context():
+                out = _forward(*args, **kwargs)
+            if isinstance(out, tuple):  # mask decoder: (low-res mask logits, IoU predictions)
+                return tuple(o.float() for o in out)
+            return out.float()  # image encoder: (1, 256, 64, 64) embedding
+
+        module.forward = wrapped
+        module._p2_sam_autocast = True
+    return model
+
+
+def amg_kwargs(args, device):
+    """SamAutomaticMaskGenerator keyword arguments from the AMG flags."""
+    per_batch = args.points_per_batch or (
+        GPU_POINTS_PER_BATCH if torch.device(device).type == "cuda" else CPU_POINTS_PER_BATCH)
+    return {
+        "points_per_side": args.points_per_side,
+        "points_per_batch": per_batch,
+        "pred_iou_thresh": args.pred_iou_thresh,
+        "stability_score_thresh": args.stability_score_thresh,
+        "stability_score_offset": args.stability_score_offset,
+        "box_nms_thresh": args.box_nms_thresh,
+        "crop_n_layers": args.crop_n_layers,
+        "crop_nms_thresh": args.crop_nms_thresh,
+        "crop_overlap_ratio": args.crop_overlap_ratio,
+        "crop_n_points_downscale_factor": args.crop_n_points_downscale_factor,
+        "min_mask_region_area": args.min_mask_region_area,
+    }
+
+
+def generate_masks(generator, image):
+    """Mask records of an (H, W, 3) uint8 image, largest area first (stable)."""
+    records = generator.generate(image)
+    records.sort(key=lambda r: r["area"], reverse=True)
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# drawing
+# ---------------------------------------------------------------------------------------------
+def paint_order(masks):
+    """Indices of `masks` by area, largest first; equal areas keep their input order."""
+    areas = [int(np.count_nonzero(m)) for m in masks]
+    return sorted(range(len(masks)), key=lambda i: -areas[i])
+
+
+def mask_colours(n, seed=0):
+    """(n, 3) uint8 random colours; the k-th goes to the k-th mask painted (largest first)."""
+    return (np.random.default_rng(seed).random((n, 3)) * 255).round().astype(np.uint8)
+
+
+def draw_overlay(image, masks, alpha=0.35, seed=0):
+    """(H, W, 3) uint8 image with boolean (H, W) masks blended in random colours.
+
+    Masks are painted largest first, so a small mask inside a large one keeps its own colour;
+    each pixel shows the colour of the smallest mask covering it at opacity `alpha` (SAM's
+    notebook `show_anns`), pixels under no mask are the image unchanged.
+    """
+    image = np.asarray(image, dtype=np.uint8)
+    canvas = np.zeros_like(image)
+    covered = np.zeros(image.shape[:2], dtype=bool)
+    colours = mask_colours(len(masks), seed)
+    for rank, i in enumerate(paint_order(masks)):
+        m = np.asarray(masks[i], dtype=bool)
+        if m.shape != image.shape[:2]:
+            raise ValueError(f"mask {i} is {m.shape}, the image {image.shape[:2]}")
+        canvas[m] = colours[rank]
+        covered |= m
+    out = image.astype(np.float32)
+    out[covered] = (1 - alpha) * out[covered] + alpha * canvas[covered]
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def _font(size):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one bitmap font size
+        return ImageFont.load_default()
+
+
+def tile_figure(rows, path, max_height=512):
+    """Grid of captioned images: `rows` is a list of rows of (caption, (H, W, 3) uint8 array).
+
+    Every cell is scaled to one height (the tallest cell's, at most `max_height`), keeping its
+    aspect ratio; drawn and written as PNG with PIL alone.
+    """
+    height = min(max_height, max(a.shape[0] for row in rows for _, a in row))
+    font, pad, caption_h = _font(max(12, height // 24)), 8, max(16, height // 14)
+    cells = [[(c, Image.fromarray(a).resize((max(1, round(a.shape[1] * height / a.shape[0])),
+                                             height), Image.LANCZOS)
+               if a.shape[0] != height else Image.fromarray(a)) for c, a in row] for row in rows]
+    widths = [sum(im.width for _, im in row) + pad * (len(row) + 1) for row in cells]
+    canvas = Image.new("RGB", (max(widths), len(cells) * (height + caption_h + pad) + pad),
+                       "white")
+    draw = ImageDraw.Draw(canvas)
+    y = pad
+    for row in cells:
+        x = pad
+        for caption, im in row:
+            draw.text((x, y), caption, fill="black", font=font)
+            canvas.paste(im, (x, y + caption_h))
+            x += im.width + pad
+        y += height + caption_h + pad
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# writing masks (as segment-anything's scripts/amg.py)
+# ---------------------------------------------------------------------------------------------
+def encode_rle(masks):
+    """COCO RLE of each boolean (H, W) mask: compressed (counts a string) when pycocotools is
+    installed, else COCO's uncompressed form ({"size": [H, W], "counts": [run lengths]}, column
+    major), which pycocotools.mask.frPyObjects and segment_anything's rle_to_mask both read."""
+    if not len(masks):
+        return []
+    rles = mask_to_rle_pytorch(torch.from_numpy(np.stack([np.asarray(m, bool) for m in masks])))
+    try:
+        return [coco_encode_rle(r) for r in rles]
+    except ImportError:  # pycocotools is optional, as in upstream
+        return rles
+
+
+def mask_records_json(records):
+    """Upstream's mask records with the segmentation as COCO RLE (JSON-ready)."""
+    rles = encode_rle([r["segmentation"] for r in records])
+    return [{**{k: v for k, v in r.items() if k != "segmentation"}, "segmentation": rle}
+            for r, rle in zip(records, rles)]
+
+
+def write_masks_to_folder(records, folder):
+    """`{i}.png` (0/255) per mask and metadata.csv, the layout of upstream's amg.py."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "metadata.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(METADATA_HEADER.split(","))
+        for i, r in enumerate(records):
+            Image.fromarray(np.asarray(r["segmentation"], np.uint8) * 255).save(folder / f"{i}.png")
+            writer.writerow([i, r["area"], *r["bbox"], *r["point_coords"][0], r["predicted_iou"],
+                             r["stability_score"], *r["crop_box"]])
+
+
+# ---------------------------------------------------------------------------------------------
+# SAM against model B (pure functions on numpy arrays)
+# ---------------------------------------------------------------------------------------------
+def mask_purity(masks, gt, return_counts=False):
+    """Class purity of masks against a (H, W) class map `gt`.
+
+    purity = sum_m max_c |m & GT_c| / sum_m |m|, c over all NUM_CLASSES classes; each mask
+    counts in full even where masks overlap. NaN when the masks cover nothing. With
+    `return_counts`, the (numerator, denominator) pixel counts, for pooling over images.
+    """
+    gt = np.asarray(gt)
+    pure = total = 0
+    for m in masks:
+        m = np.asarray(m, dtype=bool)
+        if m.shape != gt.shape:
+            raise ValueError(f"mask is {m.shape}, the class map {gt.shape}")
+        inside = gt[m]
+        if inside.size:
+            pure += int(np.bincount(inside.ravel(), minlength=NUM_CLASSES).max())
+            total += int(inside.size)
+    if return_counts:
+        return pure, total
+    return pure / total if total else float("nan")
+
+
+def relabel_with_masks(masks, pred):
+    """Model B's class map `pred` (H, W) with every SAM mask set to pred's majority class in it.
+
+    The majority is taken over the whole mask in the original `pred` (ties -> lower class
+    index). Masks are painted largest first (paint_order, as in the overlay), so where masks
+    overlap the smaller one wins; pixels under no mask keep pred's class.
+    """
+    pred = np.asarray(pred)
+    out = pred.copy()
+    for i in paint_order(masks):
+        m = np.asarray(masks[i], dtype=bool)
+        if m.shape != pred.shape:
+            raise ValueError(f"mask {i} is {m.shape}, the class map {pred.shape}")
+        if m.any():
+            out[m] = np.bincount(pred[m].ravel(), minlength=NUM_CLASSES).argmax()
+    return out
+
+
+def _num(x, digits=6):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, digits)
+
+
+def comparison_summary(cm_b, cm_sam, pure, total, per_image, settings):
+    n_masks = sum(r["masks"] for r in per_image)
+    pixels = sum(r["pixels"] for r in per_image)
+    covered = sum(r["covered_pixels"] for r in per_image)
+    return {
+        "images": len(per_image),
+        "masks": n_masks,
+        "purity": _num(pure / total if total else float("nan")),
+        "coverage": _num(covered / pixels if pixels else float("nan")),
+        "model_b": {"miou": _num(cm_b.miou()), "iou": cm_b.per_class(SCORED_CLASSES),
+                    "pixel_accuracy": _num(cm_b.pixel_accuracy())},
+        "sam_relabelled": {"miou": _num(cm_sam.miou()), "iou": cm_sam.per_class(SCORED_CLASSES),
+                           "pixel_accuracy": _num(cm_sam.pixel_accuracy())},
+        "definitions": {
+            "purity": "sum_m max_c |m & GT_c| / sum_m |m| over all SAM masks of all images, "
+                      "c over classes 0..6",
+            "coverage": "fraction of pixels under at least one SAM mask",
+            "sam_relabelled": "each SAM mask set to model B's majority class inside it, masks "
+                              "painted largest first (smaller wins), uncovered pixels keep "
+                              "model B's class",
+            "miou": "classes 0..5 over all pixels of all images at once; Unknown-truth pixels "
+                    "predicted as class i are false positives of i; a class absent from truth "
+                    "and prediction is left out of the mean",
+        },
+        "settings": settings,
+        "per_image": per_image,
+    }
+
+
+def comparison_markdown(summary):
+    names = CLASS_NAMES[:SCORED_CLASSES]
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    lines = ["| prediction | mIoU | " + " | ".join(names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for key, label in (("model_b", "model B"),
+                       ("sam_relabelled", "model B relabelled by SAM masks")):
+        s = summary[key]
+        lines.append(f"| {label} | {fmt(s['miou'])} | "
+                     + " | ".join(fmt(s["iou"][n]) for n in names) + " |")
+    st = summary["settings"]
+    lines += ["",
+              f"{summary['images']} image(s), {summary['masks']} SAM masks "
+              f"({st['model']}, points per side {st['points_per_side']}, pred IoU thresh "
+              f"{st['pred_iou_thresh']}, min mask region area {st['min_mask_region_area']}).",
+              f"SAM mask class purity against ground truth: {fmt(summary['purity'])} "
+              "(sum_m max_c |m & GT_c| / sum_m |m|); pixels under at least one mask: "
+              f"{fmt(summary['coverage'])}.",
+              "Relabelled: each SAM mask takes model B's majority class inside it, largest mask "
+              "first so smaller masks win overlaps; uncovered pixels keep model B's class. "
+              "mIoU over all pixels of all images at once, classes 0..5.", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+def check_args(args):
+    if (args.gt_dir is None) != (args.pred_dir is None):
+        raise UserError("--gt-dir and --pred-dir go together (ground truth and model B's masks)")
+    if args.points_per_side < 1:
+        raise UserError(f"--points-per-side must be >= 1, got {args.points_per_side}")
+    if args.points_per_batch is not None and args.points_per_batch < 1:
+        raise UserError(f"--points-per-batch must be >= 1, got {args.points_per_batch}")
+    if args.min_mask_region_area < 0 or args.crop_n_layers < 0:
+        raise UserError("--min-mask-region-area and --crop-n-layers must be >= 0")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")
+
+
+def _count(n, noun):
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(args, model=None):
+    """Segment every input; `model` (a segment_anything Sam) replaces the checkpoint (tests)."""
+    check_args(args)
+    device = utils.get_device(args.device)
+    utils.seed_everything(args.seed)
+    utils.setup_precision(device)
+    files = list_inputs(args.input, args.ids)
+    ids = [image_id(f) for f in files]
+    pairs = comparison_pairs(files, args.gt_dir, args.pred_dir) if args.gt_dir else {}
+    figure_ids = list(args.figure_ids or args.ids or ids[:3])
+    out = utils.prepare_output_dir(args.output_dir, args, overwrite=True, marker="sam_log.jsonl")
+
+    # ------------------------------------------------------------------ model
+    if model is None:
+        model = build_sam_model(args.model_type, args.checkpoint, device)
+        model_name = f"SAM {args.model_type} ({Path(args.checkpoint).name})"
+    else:
+        model = model.to(device).eval()
+        model_name = f"SAM given by the caller ({type(model).__name__})"
+    autocast_sam(model, lambda: utils.autocast(device, args.amp))
+    kwargs = amg_kwargs(args, device)
+    generator = SamAutomaticMaskGenerator(model, output_mode="binary_mask", **kwargs)
+    utils.print_run_header(args, device, batch_size=kwargs["points_per_batch"])
+    amp_on = args.amp and device.type == "cuda"
+    print(f"{model_name} | {'bf16 autocast' if amp_on else 'fp32'} | {len(files)} image(s)")
+
+    # ------------------------------------------------------------------ images
+    cm_b, cm_sam = ConfusionMatrix(), ConfusionMatrix()
+    pure = total = 0
+    per_image, shown, failed, seconds = [], {}, [], []
+    for k, path in enumerate(files, 1):
+        i = image_id(path)
+        try:
+            image = np.asarray(utils.load_rgb(path))  # (H, W, 3) uint8
+        except UserError as e:
+            print(f"[{k}/{len(files)}] skipping {path}: {e.message}", file=sys.stderr)
+            failed.append(str(path))
+            continue
+        t0 = time.perf_counter()
+        try:
+            records = generate_masks(generator, image)
+        except torch.OutOfMemoryError:
+            raise UserError(f"out of GPU memory on {path}; lower --points-per-batch "
+                            f"(now {kwargs['points_per_batch']})") from None
+        _sync(device)
+        dt = time.perf_counter() - t0
+        seconds.append(dt)
+        masks = [r["segmentation"] for r in records]
+        overlay = draw_overlay(image, masks, args.alpha, args.seed)
+        Image.fromarray(overlay).save(out / f"{i}_sam.png")
+        if args.save_masks:
+            write_masks_to_folder(records, out / "masks" / i)
+        if args.json:
+            utils.write_json(out / f"{i}_sam.json", mask_records_json(records))
+        line = {"id": i, "file": str(path), "masks": len(records), "seconds": round(dt, 4)}
+        print(f"[{k}/{len(files)}] {path.name}: {_count(len(records), 'mask')} in {dt:.2f} s")
+
+        view = {"image": image, "overlay": overlay, "masks": len(records)}
+        if i in pairs:
+            gt_path, pred_path = pairs[i]
+            try:
+                gt, pred = utils.read_mask(gt_path), utils.read_mask(pred_path)
+            except UserError as e:
+                print(f"[{k}/{len(files)}] not scored: {e.message}", file=sys.stderr)
+                failed.append(f"{gt_path} / {pred_path}")
+                gt = pred = None
+            if gt is not None:
+                for name, arr in ((gt_path, gt), (pred_path, pred)):
+                    if arr.shape != image.shape[:2]:
+                        raise UserError(f"{name} is {arr.shape[1]}x{arr.shape[0]}, its image "
+                                        f"{path} {image.shape[1]}x{image.shape[0]}")
+                relabelled = relabel_with_masks(masks, pred)
+                cm_b.update(gt, pred)
+                cm_sam.update(gt, relabelled)
+                p, t = mask_purity(masks, gt, return_counts=True)
+                pure, total = pure + p, total + t
+                covered = (np.any(np.stack(masks), axis=0).sum() if masks else 0)
+                line.update(purity=_num(p / t if t else float("nan")),
+                            covered_pixels=int(covered), pixels=int(gt.size),
+                            changed_pixels=int((relabelled != pred).sum()))
+                per_image.append({k2: line[k2] for k2 in ("id", "masks", "purity", "pixels",
+                                                          "covered_pixels", "changed_pixels")})
+                view.update(gt=gt, pred=pred, relabelled=relabelled)
+        utils.append_jsonl(out / "sam_log.jsonl", line)
+        if i in figure_ids:
+            shown[i] = view
+
+    # ------------------------------------------------------------------ figures, tables
+    order = [i for i in figure_ids if i in shown]
+    if order:
+        figure = args.figure or out / "sam_figure.png"
+        tile_figure([[(f"{i} ({_count(shown[i]['masks'], 'mask')})", shown[i]["overlay"])
+                      for i in order]],
+                    figure)
+        print(f"figure: {figure}")
+    if pairs and per_image:
+        settings = {"model": model_name, **kwargs, "amp": amp_on, "device": str(device)}
+        summary = comparison_summary(cm_b, cm_sam, pure, total, per_image, settings)
+        utils.write_json(out / "sam_vs_model_b.json", summary)
+        (out / "sam_vs_model_b.md").write_text(comparison_markdown(summary))
+        rows = []
+        for i in order:
+            v = shown[i]
+            if "gt" in v:
+                rows.append([(f"{i} image", v["image"]),
+                             ("ground truth", utils.classes_to_rgb(v["gt"])),
+                             ("model B", utils.classes_to_rgb(v["pred"])),
+                             (f"SAM ({_count(v['masks'], 'mask')})", v["overlay"]),
+                             ("model B relabelled by SAM", utils.classes_to_rgb(v["relabelled"]))])
+        if rows:
+            tile_figure(rows, out / "sam_vs_model_b.png")
+        print(f"SAM vs model B on {summary['images']} image(s): purity {summary['purity']}, "
+              f"mIoU model B {summary['model_b']['miou']}, relabelled "
+              f"{summary['sam_relabelled']['miou']} -> {out / 'sam_vs_model_b.md'}")
+    if seconds:
+        msg = f"{len(seconds)} image(s), {sum(seconds) / len(seconds):.2f} s/image on {device}"
+        if len(seconds) > 1:
+            msg += f" ({sum(seconds[1:]) / (len(seconds) - 1):.2f} s/image without the first)"
+        print(msg)
+    print(json.dumps({"output_dir": str(out), "images": len(seconds), "skipped": len(failed)}))
+    if failed:
+        raise UserError(f"{len(failed)} input(s) could not be read and were skipped: "
+                        + ", ".join(failed))
+    return out
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
