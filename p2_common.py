@@ -1,0 +1,522 @@
+"""The one training loop (and the validation, prediction and figures) of Problem 2's models.
+
+p2_train_fcn32s.py (model A) and p2_train_deeplabv3.py (model B) hold only their model, their
+own flags and a call to `train(args, build_model)`; p2_inference.py uses `predict`. Commands:
+
+    python p2_train_fcn32s.py --data-dir hw1_data/p2_data --output-dir runs/p2_fcn32s
+    python p2_train_deeplabv3.py --data-dir hw1_data/p2_data --output-dir runs/p2_deeplabv3
+    python p2_train_deeplabv3.py --data-dir hw1_data/p2_data --output-dir runs/p2_deeplabv3 --resume
+    python p2_train_deeplabv3.py --data-dir hw1_data/p2_data --output-dir /tmp/smoke \
+        --overwrite --arch mobilenet_v3_large --no-pretrained --epochs 2 --max-train 16 \
+        --max-val 8 --image-size 128
+
+A run directory holds:
+    args.json, log.jsonl      the flags; one JSON line per epoch (train_loss, val_miou, val_iou
+                              per class, lr, train_images_per_s, seconds)
+    curves.png                train loss, val mIoU and lr against epoch
+    snapshots.png             validation images --snapshot-ids: image, truth, prediction at
+                              epochs 1, n//2 and n (redrawn from snapshots/epoch_XXX.npz, which
+                              every epoch writes, so a resumed run draws the same figure)
+    best.pth                  the model of the best val mIoU (model + args, no optimizer)
+    epoch_XXX.pth             the model at epochs 1, n//2 and n (model + args)
+    last.pth                  model, optimizer, scheduler of the last epoch: what --resume reads
+
+Training data live on the training device as uint8 ImageBanks (2,000 x 512 x 512 images + masks
+are 2.1 GB); each step indexes a batch there and augments it there (utils.SegmentationAugment),
+so no DataLoader and no host copy sits in the step.
+"""
+
+import argparse
+import contextlib
+import functools
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from utils import (
+    CLASS_NAMES,
+    NUM_CLASSES,
+    PALETTE,
+    SCORED_CLASSES,
+    ConfusionMatrix,
+    ImageBank,
+    SegmentationAugment,
+    UserError,
+    append_jsonl,
+    autocast,
+    check_finite,
+    get_device,
+    index_batches,
+    list_sat_pairs,
+    load_checkpoint,
+    memory_format,
+    normalize,
+    plot_curves,
+    prepare_output_dir,
+    print_run_header,
+    read_jsonl,
+    save_checkpoint,
+    seed_everything,
+    setup_precision,
+    to_float,
+    truncate_jsonl,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# flags shared by both training scripts
+# ---------------------------------------------------------------------------------------------
+def add_common_args(parser):
+    """Flags of both training scripts; each script sets its own defaults with set_defaults."""
+    g = parser.add_argument_group("data and run")
+    g.add_argument("--data-dir", type=Path, default=Path("hw1_data/p2_data"),
+                   help="the p2_data folder holding train/ and validation/ (xxxx_sat.jpg + "
+                        "xxxx_mask.png)")
+    g.add_argument("--output-dir", type=Path, default=None,
+                   help="run directory (default runs/p2_<model>); refused if it holds a run, "
+                        "unless --resume or --overwrite")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --output-dir from its last.pth (epoch, optimizer, "
+                        "scheduler, best mIoU); --epochs may be raised")
+    g.add_argument("--overwrite", action="store_true", help="start again in a used --output-dir")
+    g.add_argument("--max-train", type=int, default=None,
+                   help="first N training pairs (smoke runs)")
+    g.add_argument("--max-val", type=int, default=None, help="first N validation pairs")
+    g.add_argument("--cache-dir", type=Path, default=None,
+                   help="keep the decoded image banks here (.npy) so the next run starts at once")
+    g.add_argument("--workers", type=int, default=None, help="threads decoding images")
+    g.add_argument("--snapshot-ids", nargs="*", default=["0013", "0062", "0104"],
+                   help="validation ids drawn in snapshots.png (ids missing from the set are "
+                        "skipped)")
+
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=100, help="training epochs (passes over train/)")
+    g.add_argument("--batch-size", type=int, default=8, help="training images per step")
+    g.add_argument("--val-batch-size", type=int, default=16,
+                   help="validation images per forward, at full resolution")
+    g.add_argument("--image-size", type=int, default=512,
+                   help="side the training crops are resized to (validation runs at the "
+                        "images' own size, so a value below it also shrinks the training scale)")
+    g.add_argument("--min-scale", type=float, default=0.5,
+                   help="random crops cover [min-scale, 1] of the image side, resized to "
+                        "--image-size; 1 turns the scale-crop off")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="flips, 90-degree rotations and scale-crops (image and mask jointly)")
+    g.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
+                   help="fused on CUDA")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (after warm-up)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, default=5e-4,
+                   help="on weights only; biases and norm parameters get none")
+    g.add_argument("--schedule", choices=["poly", "cosine"], default="poly",
+                   help="per-step decay after warm-up: poly (1-t)^0.9 or half a cosine, to 0")
+    g.add_argument("--warmup-epochs", type=float, default=1.0,
+                   help="linear warm-up from lr/steps to lr over this many epochs")
+    g.add_argument("--loss", choices=["ce", "weighted-ce", "focal", "weighted-focal"], default="ce",
+                   help="weighted-*: median-frequency class weights from the train masks "
+                        "(lifts rare classes such as Rangeland); focal: (1-p)^gamma * CE")
+    g.add_argument("--focal-gamma", type=float, default=2.0,
+                   help="focusing exponent of the focal losses")
+
+    g = parser.add_argument_group("hardware")
+    g.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if present)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="bf16 autocast on CUDA (no effect on CPU)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile the model (first epoch slower, later ones faster)")
+    g.add_argument("--seed", type=int, default=0, help="seeds init, batch order, augmentation")
+    g.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                   help="start from pretrained weights (from the torch cache, filled by "
+                        "`bash hw1_download.sh`); --no-pretrained: random init, nothing downloads")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# pretrained weights
+# ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def pretrained_download(name):
+    """Turn a failed torchvision weight download (offline, broken file) into one clear line."""
+    try:
+        yield
+    except (OSError, RuntimeError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise UserError(f"cannot load the pretrained {name} weights ({type(e).__name__}: "
+                        f"{reason}); run `bash hw1_download.sh` (puts them into "
+                        f"{torch.hub.get_dir()}/checkpoints) or pass --no-pretrained") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+def load_split(folder, max_n=None, cache_dir=None, workers=None):
+    """ids, image bank (N, 3, H, W) uint8 and mask bank (N, H, W) class indices of one split."""
+    pairs = list_sat_pairs(folder)[:max_n] if max_n else list_sat_pairs(folder)
+    ids = [i for i, _, _ in pairs]
+    images = ImageBank.from_paths([s for _, s, _ in pairs], kind="image", cache_dir=cache_dir,
+                                  workers=workers, progress=True)
+    masks = ImageBank.from_paths([m for _, _, m in pairs], kind="mask", cache_dir=cache_dir,
+                                 workers=workers, progress=True)
+    if images.images.shape[-2:] != masks.images.shape[-2:]:
+        raise UserError(f"{folder}: images are {tuple(images.images.shape[-2:])} but masks "
+                        f"{tuple(masks.images.shape[-2:])}; each mask must match its image")
+    return ids, images, masks
+
+
+def median_frequency_weights(masks, num_classes=NUM_CLASSES, scored=SCORED_CLASSES):
+    """Class weights by median-frequency balancing (Eigen & Fergus 2015), from (N, H, W) masks.
+
+    freq_c = pixels of class c / pixels of the images in which c occurs;
+    w_c = median(freq over the scored classes present) / freq_c, clamped to [0.1, 10].
+    Unknown (not scored) and classes absent from the masks get weight 1: lifting Unknown would
+    only move pixels away from the scored classes. Returns a float32 (num_classes,) tensor.
+    """
+    counts = torch.zeros(num_classes, dtype=torch.float64, device=masks.device)
+    present = torch.zeros(num_classes, dtype=torch.float64, device=masks.device)
+    for start in range(0, masks.shape[0], 16):  # per-image counts, 16 images at a time
+        m = masks[start:start + 16].reshape(min(16, masks.shape[0] - start), -1).long()
+        offset = torch.arange(m.shape[0], device=m.device).unsqueeze(1) * num_classes
+        per_image = torch.bincount((m + offset).reshape(-1),
+                                   minlength=m.shape[0] * num_classes).view(-1, num_classes)
+        counts += per_image.sum(0).double()
+        present += (per_image > 0).double().sum(0) * m.shape[1]
+    freq = (counts / present.clamp(min=1)).cpu()
+    weights = torch.ones(num_classes, dtype=torch.float64)
+    seen = freq[:scored] > 0
+    if seen.any():
+        median = freq[:scored][seen].quantile(0.5)  # mean of the middle two for an even count
+        weights[:scored] = torch.where(seen, median / freq[:scored].clamp(min=1e-12),
+                                       torch.ones(scored, dtype=torch.float64))
+    return weights.clamp(0.1, 10.0).float()
+
+
+# ---------------------------------------------------------------------------------------------
+# loss, optimizer, schedule
+# ---------------------------------------------------------------------------------------------
+def segmentation_loss(logits, target, weight=None, gamma=0.0):
+    """Pixel-wise (focal) cross-entropy; gamma=0 is plain CE, identical to F.cross_entropy.
+
+    logits (B, C, H, W) any dtype (computed in fp32), target (B, H, W) int64. With class weights
+    the mean is weighted like F.cross_entropy's: sum(w_t * l) / sum(w_t).
+    """
+    logp = F.log_softmax(logits.float(), dim=1)                      # (B, C, H, W)
+    logp_t = logp.gather(1, target.unsqueeze(1)).squeeze(1)          # (B, H, W)
+    loss = -logp_t if gamma == 0 else -((1 - logp_t.exp()).clamp(min=0) ** gamma) * logp_t
+    if weight is None:
+        return loss.mean()
+    w = weight.to(loss.device)[target]                               # (B, H, W)
+    return (loss * w).sum() / w.sum().clamp(min=1e-12)
+
+
+def main_logits(out):
+    """torchvision segmentation models return {"out", "aux"}; FCN32s returns the logits."""
+    return out["out"] if isinstance(out, dict) else out
+
+
+def make_criterion(args, class_weight=None):
+    """loss(model output, target): main head, plus --aux-weight x the aux head when present."""
+    gamma = args.focal_gamma if args.loss.endswith("focal") else 0.0
+    weight = class_weight if args.loss.startswith("weighted") else None
+    aux_weight = getattr(args, "aux_weight", 0.0)
+
+    def criterion(out, target):
+        loss = segmentation_loss(main_logits(out), target, weight, gamma)
+        if isinstance(out, dict) and out.get("aux") is not None and aux_weight > 0:
+            loss = loss + aux_weight * segmentation_loss(out["aux"], target, weight, gamma)
+        return loss
+
+    return criterion
+
+
+def make_optimizer(model, args, device):
+    """SGD (momentum) or AdamW; weight decay on conv/linear weights only; fused kernels on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": args.weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    fused = device.type == "cuda"
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, fused=fused)
+    return torch.optim.AdamW(groups, lr=args.lr, fused=fused)
+
+
+def lr_factor(step, total_steps, warmup_steps, schedule="poly", power=0.9):
+    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warm-up to 1 over
+    `warmup_steps`, then poly (1-t)^power or cosine from 1 to 0 over the remaining steps."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return (1 - t) ** power if schedule == "poly" else 0.5 * (1 + math.cos(math.pi * t))
+
+
+# ---------------------------------------------------------------------------------------------
+# prediction and validation
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict(model, images, device, amp=True, tta=False):
+    """uint8 (B, 3, H, W) images -> (B, H, W) int64 class indices on `device`.
+
+    The model must be in eval mode. With `tta` the softmax of the image, its horizontal flip and
+    its vertical flip are averaged (each flipped back first); without, the argmax of the logits.
+    """
+    x = normalize(to_float(images.to(device, non_blocking=True)))
+    x = x.contiguous(memory_format=memory_format(device))           # (B, 3, H, W) float32
+    flips = [None, (3,), (2,)] if tta else [None]
+    score = None
+    for dims in flips:
+        xi = x if dims is None else x.flip(dims)
+        with autocast(device, amp):
+            out = main_logits(model(xi)).float()                     # (B, 7, H, W)
+        out = out if dims is None else out.flip(dims)
+        out = out.softmax(1) if tta else out
+        score = out if score is None else score + out
+    return score.argmax(1)
+
+
+@torch.no_grad()
+def evaluate(model, images, masks, batch_size, device, amp=True, keep=()):
+    """Confusion matrix over a whole split (on `device`), and the uint8 CPU predictions of the
+    rows `keep` (for the snapshot figure) as {row: (H, W)}."""
+    model.eval()
+    cm = ConfusionMatrix(device=device)
+    kept = {}
+    for start in range(0, len(images), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(images)), device=images.device)
+        pred = predict(model, images.batch(idx), device, amp)        # (b, H, W)
+        cm.update(masks.batch(idx), pred)
+        for row in keep:
+            if start <= row < start + len(idx):
+                kept[row] = pred[row - start].to(torch.uint8).cpu()
+    return cm, kept
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+# ---------------------------------------------------------------------------------------------
+def kept_epochs(n):
+    """The epochs whose model and snapshot are kept: first, middle (n//2, at least 1), last."""
+    return sorted({1, max(1, n // 2), n})
+
+
+def draw_snapshots(path, ids, images, truths, preds):
+    """One PNG: a row per image; columns image, ground truth, then the prediction of each epoch.
+
+    images (K, 3, H, W) uint8, truths (K, H, W) class indices, preds {epoch: (K, H, W)}.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    epochs = sorted(preds)
+    cols = 2 + len(epochs)
+    fig, axes = plt.subplots(len(ids), cols, figsize=(2.4 * cols, 2.4 * len(ids) + 0.9),
+                             squeeze=False)
+    titles = ["image", "ground truth"] + [f"epoch {e}" for e in epochs]
+    for r, image_id in enumerate(ids):
+        panels = [np.asarray(images[r]).transpose(1, 2, 0), PALETTE[np.asarray(truths[r], int)]]
+        panels += [PALETTE[np.asarray(preds[e][r], dtype=np.int64)] for e in epochs]
+        for c, (ax, panel) in enumerate(zip(axes[r], panels)):
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=10)
+        axes[r, 0].set_ylabel(image_id, fontsize=10)
+    legend = [Patch(facecolor=PALETTE[c] / 255.0, edgecolor="black", label=CLASS_NAMES[c])
+              for c in range(NUM_CLASSES)]
+    fig.legend(handles=legend, loc="lower center", ncol=NUM_CLASSES, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.5 / (2.4 * len(ids) + 0.9), 1, 1))
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=150)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def redraw_snapshots(out, ids, images, truths, last_epoch, n_epochs):
+    """Draw snapshots.png from the saved predictions of the kept epochs up to `last_epoch`."""
+    preds = {}
+    for e in kept_epochs(n_epochs):
+        f = out / "snapshots" / f"epoch_{e:03d}.npz"
+        if e <= last_epoch and f.exists():
+            saved = np.load(f)
+            if list(saved["ids"]) == list(ids):
+                preds[e] = saved["preds"]
+    if ids and preds:
+        draw_snapshots(out / "snapshots.png", ids, images, truths, preds)
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+def train_step(model, optimizer, x, y, criterion, device, amp=True):
+    """One optimizer step on a prepared batch; returns the loss as a device tensor (no sync)."""
+    with autocast(device, amp):
+        out = model(x.contiguous(memory_format=memory_format(device)))
+    loss = criterion(out, y)  # fp32 on the fp32 view of the logits
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def train_one_epoch(model, optimizer, scheduler, images, masks, augment, criterion, batch_size,
+                    device, amp, epoch, seed, desc, log_every=20):
+    """Mean training loss of one epoch; the host reads the loss only every `log_every` steps."""
+    model.train()
+    generator = torch.Generator().manual_seed(seed + epoch)   # same order after --resume
+    steps = len(images) // batch_size
+    total = torch.zeros((), device=device)
+    bar = tqdm(index_batches(len(images), batch_size, generator=generator, device=images.device),
+               total=steps, desc=desc, leave=False, dynamic_ncols=True)
+    for step, idx in enumerate(bar, 1):
+        x, y = augment(images.batch(idx), masks.batch(idx))   # (B, 3, S, S) float, (B, S, S) int64
+        total += train_step(model, optimizer, x, y, criterion, device, amp)
+        scheduler.step()
+        if step % log_every == 0:
+            value = (total / step).item()
+            check_finite(value, epoch, step)
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+    bar.close()
+    return (total / max(1, steps)).item()
+
+
+def train(args, build_model):
+    """The whole run: data, model, optimizer, resume, then per epoch train, validate, log, save.
+
+    `build_model(cfg_dict, load_pretrained)` returns the model; args must carry model_name.
+    """
+    device = get_device(args.device)
+    setup_precision(device)
+    seed_everything(args.seed)
+    if args.output_dir is None:
+        args.output_dir = Path("runs") / f"p2_{args.model_name}"
+    if args.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, not {args.epochs}")
+    out = prepare_output_dir(args.output_dir, args, resume=args.resume, overwrite=args.overwrite)
+    log_path = out / "log.jsonl"
+    resume_ckpt = None
+    if args.resume:
+        if (out / "last.pth").exists():
+            resume_ckpt = load_checkpoint(out / "last.pth")
+        else:
+            print(f"no {out / 'last.pth'} to resume from; starting at epoch 1")
+            truncate_jsonl(log_path, 0)
+
+    # ---- data: both splits as uint8 banks on the training device -----------------------------
+    data_dir = Path(args.data_dir)
+    train_ids, train_x, train_y = load_split(data_dir / "train", args.max_train, args.cache_dir,
+                                             args.workers)
+    val_ids, val_x, val_y = load_split(data_dir / "validation", args.max_val, args.cache_dir,
+                                       args.workers)
+    for bank in (train_x, train_y, val_x, val_y):
+        bank.to(device)
+    batch_size = min(args.batch_size, len(train_ids))
+    if batch_size < 2:
+        raise UserError(f"{data_dir / 'train'} gives batches of {batch_size} image(s); BatchNorm "
+                        "needs at least 2 (raise --max-train or --batch-size)")
+    steps_per_epoch = len(train_ids) // batch_size
+    missing = [i for i in args.snapshot_ids if i not in val_ids]
+    if missing:
+        print(f"snapshot ids {', '.join(missing)} are not in the validation set; skipped")
+    snap_ids = [i for i in args.snapshot_ids if i in val_ids]
+    snap_rows = [val_ids.index(i) for i in snap_ids]
+    snap_images = val_x.images[snap_rows].cpu() if snap_rows else None
+    snap_truths = val_y.images[snap_rows].cpu() if snap_rows else None
+
+    # ---- loss ----------------------------------------------------------------------------------
+    class_weight = None
+    if args.loss.startswith("weighted"):
+        class_weight = median_frequency_weights(train_y.images).to(device)
+        print("class weights (median frequency): " + ", ".join(
+            f"{CLASS_NAMES[c]} {w:.3f}" for c, w in enumerate(class_weight.tolist())))
+    criterion = make_criterion(args, class_weight)
+
+    # ---- model, optimizer, schedule ------------------------------------------------------------
+    model = build_model(vars(args), load_pretrained=resume_ckpt is None)
+    model = model.to(device, memory_format=memory_format(device))
+    optimizer = make_optimizer(model, args, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+        lr_factor, total_steps=args.epochs * steps_per_epoch,
+        warmup_steps=round(args.warmup_epochs * steps_per_epoch), schedule=args.schedule))
+
+    # ---- resume --------------------------------------------------------------------------------
+    start_epoch, best = 1, -math.inf
+    if resume_ckpt is not None:
+        saved_name = (resume_ckpt.get("args") or {}).get("model_name")
+        if saved_name != args.model_name:
+            raise UserError(f"{out / 'last.pth'} holds a {saved_name} run, not {args.model_name}; "
+                            "pick another --output-dir")
+        try:
+            model.load_state_dict(resume_ckpt["model"])
+            optimizer.load_state_dict(resume_ckpt["optimizer"])
+            scheduler.load_state_dict(resume_ckpt["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{out / 'last.pth'} does not fit the model/optimizer of these flags "
+                            f"({type(e).__name__}); resume with the run's own flags") from None
+        start_epoch = resume_ckpt["epoch"] + 1
+        best = resume_ckpt["best_metric"] if resume_ckpt["best_metric"] is not None else -math.inf
+        truncate_jsonl(log_path, resume_ckpt["epoch"])
+        print(f"resumed {out / 'last.pth'} at epoch {start_epoch} (best val mIoU {best:.4f})")
+        del resume_ckpt
+    print_run_header(args, device, batch_size, args.lr)
+    print(f"{len(train_ids)} train / {len(val_ids)} val pairs, {steps_per_epoch} steps per epoch, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+    step_model = torch.compile(model) if args.compile else model
+    augment = SegmentationAugment(size=args.image_size,
+                                  min_scale=args.min_scale if args.augment else 1.0,
+                                  p_flip=0.5 if args.augment else 0.0, rotate=args.augment)
+
+    # ---- loop ----------------------------------------------------------------------------------
+    for epoch in range(start_epoch, args.epochs + 1):
+        torch.manual_seed(args.seed + epoch)  # augmentation and dropout draws repeat after --resume
+        t0 = time.time()
+        train_loss = train_one_epoch(step_model, optimizer, scheduler, train_x, train_y, augment,
+                                     criterion, batch_size, device, args.amp, epoch, args.seed,
+                                     desc=f"epoch {epoch}/{args.epochs}")
+        train_seconds = time.time() - t0  # .item() above synchronised the device
+        check_finite(train_loss, epoch, steps_per_epoch)
+        cm, kept = evaluate(step_model, val_x, val_y, args.val_batch_size, device, args.amp,
+                            snap_rows)
+        miou = cm.miou()
+        record = {"epoch": epoch, "train_loss": round(train_loss, 6),
+                  "val_miou": None if math.isnan(miou) else round(miou, 6),
+                  "val_pixel_acc": round(cm.pixel_accuracy(), 6), "val_iou": cm.per_class(),
+                  "lr": scheduler.get_last_lr()[0],
+                  "train_images_per_s": round(steps_per_epoch * batch_size / train_seconds, 2),
+                  "seconds": round(time.time() - t0, 1)}
+        append_jsonl(log_path, record)
+        is_best = not math.isnan(miou) and miou > best
+        best = miou if is_best else best
+        if snap_rows:
+            (out / "snapshots").mkdir(exist_ok=True)
+            np.savez_compressed(out / "snapshots" / f"epoch_{epoch:03d}.npz",
+                                ids=np.array(snap_ids),
+                                preds=torch.stack([kept[r] for r in snap_rows]).numpy())
+        if is_best:
+            save_checkpoint(out / "best.pth", model, epoch=epoch, best_metric=best, args=args)
+        if epoch in kept_epochs(args.epochs):
+            save_checkpoint(out / f"epoch_{epoch:03d}.pth", model, epoch=epoch, best_metric=best,
+                            args=args)
+        save_checkpoint(out / "last.pth", model, optimizer, scheduler, epoch=epoch,
+                        best_metric=best, args=args)
+        print(f"epoch {epoch}/{args.epochs} | loss {train_loss:.4f} | val mIoU {miou:.4f}"
+              f"{' (best)' if is_best else ''} | "
+              + " ".join(f"{k[:5]} {v if v is None else round(v, 3)}"
+                         for k, v in record["val_iou"].items())
+              + f" | lr {record['lr']:.2e} | {record['train_images_per_s']:.1f} train img/s"
+              f" | {record['seconds']:.0f} s")
+        plot_curves(read_jsonl(log_path), ["train_loss", "val_miou", "lr"], out / "curves.png",
+                    title=f"{args.model_name}: {out}")
+        if epoch in kept_epochs(args.epochs) and snap_rows:
+            redraw_snapshots(out, snap_ids, snap_images, snap_truths, epoch, args.epochs)
+    if snap_rows and start_epoch > args.epochs:
+        redraw_snapshots(out, snap_ids, snap_images, snap_truths, args.epochs, args.epochs)
+    print(f"best val mIoU {best:.4f}; checkpoints in {out}")
+    return best
+

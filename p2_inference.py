@@ -1,0 +1,165 @@
+"""Predict a land-cover mask for every xxxx_sat.jpg of a folder (Problem 2's grading entry point).
+
+    bash hw1_2.sh INPUT_DIR OUTPUT_DIR    # runs: python3 p2_inference.py --input-dir $1 ...
+    python p2_inference.py --input-dir hw1_data/p2_data/validation --output-dir results/p2_B
+    python p2_inference.py --input-dir IN --output-dir OUT --checkpoint runs/p2_fcn32s/best.pth
+    python p2_evaluate.py -g hw1_data/p2_data/validation -p results/p2_B
+
+Writes OUTPUT_DIR/xxxx_mask.png (created when missing) for each input, in the exact palette of
+the course, at the input's own size, each file atomically. The checkpoint (default
+checkpoints/p2_B.pth beside this script, or $HW1_P2_CHECKPOINT when set; `--checkpoint` wins)
+is any best.pth / last.pth / epoch_XXX.pth of p2_train_fcn32s.py or p2_train_deeplabv3.py: it
+names its model and carries the flags it was trained with, so the network is rebuilt from it
+with no weight download. Images are decoded in threads a few batches ahead, grouped by size
+and predicted in batches (bf16 on GPU). An unreadable image is reported and skipped; the run
+ends with a non-zero exit listing the failures.
+"""
+
+import argparse
+import collections
+import itertools
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import p2_train_deeplabv3
+import p2_train_fcn32s
+from p2_common import predict
+from utils import (
+    UserError,
+    get_device,
+    load_checkpoint,
+    load_rgb,
+    memory_format,
+    setup_precision,
+    write_mask,
+)
+
+ROOT = Path(__file__).resolve().parent
+BUILDERS = {"fcn32s": p2_train_fcn32s.build_model, "deeplabv3": p2_train_deeplabv3.build_model}
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Write xxxx_mask.png (course palette, input size) for every xxxx_sat.jpg of "
+                    "--input-dir into --output-dir, with a trained Problem 2 checkpoint.")
+    parser.add_argument("--input-dir", type=Path, required=True, help="folder of *_sat.jpg")
+    parser.add_argument("--output-dir", type=Path, required=True,
+                        help="where the masks go (created when missing)")
+    parser.add_argument("--checkpoint", type=Path,
+                        default=Path(os.environ.get("HW1_P2_CHECKPOINT",
+                                                    ROOT / "checkpoints" / "p2_B.pth")),
+                        help="a checkpoint of p2_train_*.py (default: $HW1_P2_CHECKPOINT, else "
+                             "checkpoints/p2_B.pth, fetched by `bash hw1_download.sh`)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
+                        help="average the softmax over the image and its h/v flips (3x slower)")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                        help="bf16 autocast on CUDA")
+    parser.add_argument("--workers", type=int, default=8, help="threads decoding and writing")
+    return parser
+
+
+def load_model(path, device):
+    """Rebuild the network named in a checkpoint's args and load its weights (eval mode)."""
+    ckpt = load_checkpoint(path, expect_keys=("model", "args"))
+    cfg = ckpt["args"] or {}
+    name = cfg.get("model_name")
+    if name not in BUILDERS:
+        raise UserError(f"{path} names model {name!r}; expected one of {', '.join(BUILDERS)} "
+                        "(a checkpoint of p2_train_fcn32s.py or p2_train_deeplabv3.py)")
+    model = BUILDERS[name](cfg, load_pretrained=False)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"{path}: weights do not fit a {name} built from its own args "
+                        f"({str(e).splitlines()[0][:120]})") from None
+    if getattr(model, "aux_classifier", None) is not None:
+        model.aux_classifier = None  # the aux head only helps training; skip its compute
+    metric = ckpt.get("best_metric")
+    print(f"{path}: {name}, epoch {ckpt.get('epoch')}"
+          + (f", best val mIoU {metric:.4f}" if isinstance(metric, float) else ""))
+    return model.to(device, memory_format=memory_format(device)).eval()
+
+
+def read_sat(path):
+    """(path, (H, W, 3) uint8 array or None, error message or None)."""
+    try:
+        return path, np.asarray(load_rgb(path)), None
+    except UserError as e:
+        return path, None, e.message
+
+
+def decoded(pool, paths, ahead):
+    """Yield read_sat results in order, keeping `ahead` decodes running in the thread pool."""
+    it = iter(paths)
+    queue = collections.deque(pool.submit(read_sat, p) for p in itertools.islice(it, ahead))
+    while queue:
+        result = queue.popleft().result()
+        queue.extend(pool.submit(read_sat, p) for p in itertools.islice(it, 1))
+        yield result
+
+
+def main(args):
+    device = get_device(args.device)
+    setup_precision(device)
+    in_dir, out_dir = Path(args.input_dir), Path(args.output_dir)
+    if not in_dir.is_dir():
+        raise UserError(f"input folder {in_dir} does not exist")
+    paths = sorted(in_dir.glob("*_sat.jpg"))
+    if not paths:
+        raise UserError(f"no *_sat.jpg images in {in_dir}")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {out_dir} ({e.strerror})") from None
+    model = load_model(args.checkpoint, device)
+
+    failures, writes, done = [], [], 0
+    t0 = time.time()
+    with ThreadPoolExecutor(max(1, args.workers)) as pool:
+
+        def run(batch):  # batch: [(path, (H, W, 3) uint8)] of one size
+            x = torch.from_numpy(np.stack([a for _, a in batch])).permute(0, 3, 1, 2)  # (B,3,H,W)
+            pred = predict(model, x, device, args.amp, args.tta).to(torch.uint8).cpu().numpy()
+            for (path, _), mask in zip(batch, pred):
+                target = out_dir / (path.name[: -len("_sat.jpg")] + "_mask.png")
+                writes.append((path, pool.submit(write_mask, target, mask)))
+
+        groups = collections.defaultdict(list)  # (H, W) -> images waiting for a full batch
+        for path, array, error in decoded(pool, paths, ahead=4 * args.batch_size):
+            if error is not None:
+                failures.append(error)
+                print(f"skipped: {error}", file=sys.stderr)
+                continue
+            group = groups[array.shape[:2]]
+            group.append((path, array))
+            if len(group) == args.batch_size:
+                run(group)
+                groups[array.shape[:2]] = []
+        for group in groups.values():
+            if group:
+                run(group)
+        for path, future in writes:
+            try:
+                future.result()
+                done += 1
+            except OSError as e:
+                failures.append(f"{path.name}: cannot write its mask ({e})")
+    seconds = time.time() - t0
+    print(f"wrote {done} masks to {out_dir} in {seconds:.1f} s ({done / seconds:.1f} images/s"
+          f"{', TTA' if args.tta else ''}, {device})")
+    if failures:
+        raise UserError(f"{len(failures)} of {len(paths)} image(s) failed: " + "; ".join(failures))
+    return done
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

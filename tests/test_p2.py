@@ -1,0 +1,316 @@
+"""Problem 2 training and inference: FCN32s geometry, losses, schedule, the shared training loop
+(run, resume), inference and the grading script. CPU only, random init (--no-pretrained), on
+the four real satellite samples shrunk to 64 px; the small DeepLabV3-MobileNetV3 stands in for
+the big networks wherever a whole run is needed."""
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+import torchvision.models._api as tv_api
+from PIL import Image
+
+import p2_common
+import p2_inference
+import p2_train_deeplabv3
+import p2_train_fcn32s
+from utils import PALETTE, ConfusionMatrix, UserError, load_checkpoint, read_jsonl, read_mask
+
+SAMPLE_IDS = ("0008", "0097", "0107", "0128")
+VAL_IDS = ("0013", "0062", "0104", "0107")  # the samples renamed so the snapshot ids exist
+SMALL = ["--arch", "mobilenet_v3_large", "--no-pretrained", "--batch-size", "2",
+         "--image-size", "32", "--val-batch-size", "4", "--workers", "2", "--seed", "0"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These tensors are tiny: a second thread gains little, and on a shared 2-core machine
+    OpenMP's waiting threads made this file 5x slower (114 s with 2 threads, 20 s with 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def shrink(src, dst, size, mask=False):
+    image = Image.open(src).convert("RGB")
+    image = image.resize(size, Image.NEAREST if mask else Image.BILINEAR)
+    image.save(dst, **({} if mask else {"quality": 95}))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, samples_dir):
+    """p2_data layout with the real samples at 64 px: train/ as they are, validation/ renamed."""
+    root = tmp_path_factory.mktemp("p2_data")
+    for split, names in (("train", SAMPLE_IDS), ("validation", VAL_IDS)):
+        (root / split).mkdir()
+        for src, dst in zip(SAMPLE_IDS, names):
+            shrink(samples_dir / f"{src}_sat.jpg", root / split / f"{dst}_sat.jpg", (64, 64))
+            shrink(samples_dir / f"{src}_mask.png", root / split / f"{dst}_mask.png", (64, 64),
+                   mask=True)
+    return root
+
+
+def deeplab_args(*argv):
+    return p2_train_deeplabv3.get_args_parser().parse_args([*argv])
+
+
+# ------------------------------------------------------------------------------ FCN32s geometry
+@pytest.fixture(scope="module")
+def fcn():
+    # built the way inference rebuilds a checkpoint's model: no download, from args alone
+    return p2_inference.BUILDERS["fcn32s"]({"model_name": "fcn32s"}, load_pretrained=False).eval()
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (96, 96), (512, 512), (75, 100), (33, 47)])
+def test_fcn32s_output_has_input_size(fcn, hw):
+    with torch.no_grad():
+        out = fcn(torch.randn(1, 3, *hw))
+    assert out.shape == (1, 7, *hw)
+
+
+def test_fcn32s_upsampling_is_bilinear_at_init(fcn):
+    w = fcn.upscore.weight  # (7, 7, 64, 64): one bilinear filter per class, nothing across
+    assert w.shape == (7, 7, 64, 64) and fcn.upscore.stride == (32, 32)
+    k1 = 1 - np.abs(np.arange(64) - 31.5) / 32  # 1D bilinear taps, factor 32
+    assert k1[0] == pytest.approx(1 / 64) and k1[31] == pytest.approx(63 / 64)
+    for c in range(7):
+        assert torch.allclose(w[c, c].double(), torch.from_numpy(np.outer(k1, k1)), atol=1e-7)
+    off_diagonal = w.sum((2, 3)) - torch.diag(torch.diagonal(w.sum((2, 3))))
+    assert off_diagonal.abs().max() == 0
+    with torch.no_grad():
+        # a constant map stays constant, edges included (the score map is border-padded)
+        flat = fcn.upsample(torch.full((1, 7, 3, 4), 2.5), 96, 128)
+        assert flat.shape == (1, 7, 96, 128)
+        assert torch.allclose(flat, torch.full_like(flat, 2.5), atol=1e-5)
+        # each cell's value sits on its own 32x32 block: pixel 32i+15 is 63/64 of cell i and
+        # 1/64 of cell i-1, pixel 32i+16 63/64 of cell i and 1/64 of cell i+1
+        ramp = torch.tensor([0.0, 64.0, 128.0]).view(1, 1, 1, 3).expand(1, 7, 1, 3)
+        row = fcn.upsample(ramp, 32, 96)[0, 0, 16]
+    assert row[47].item() == pytest.approx(64 * 63 / 64 + 0 * 1 / 64, abs=1e-4)
+    assert row[48].item() == pytest.approx(64 * 63 / 64 + 128 * 1 / 64, abs=1e-4)
+    assert row[0].item() == pytest.approx(0.0, abs=1e-4) and row[95].item() == pytest.approx(128)
+
+
+# --------------------------------------------------------------------------- pretrained weights
+def fake_download(state):
+    return lambda url, *args, **kwargs: dict(state)
+
+
+def test_fcn32s_imagenet_init_reshapes_vgg16_classifier(monkeypatch):
+    # a stand-in for the VGG16 ImageNet file: its keys and shapes, random values
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in torchvision.models.vgg16().state_dict().items()}
+    state = {k: torch.randn(shape) for k, shape in shapes.items()}
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", fake_download(state))
+    model = p2_train_fcn32s.build_model({"pretrained": True})
+    assert torch.equal(model.features[28].weight, state["features.28.weight"])
+    # fc6 as a 7x7 conv over pool5 equals the Linear layer over the flattened (512, 7, 7) map
+    pool5 = torch.randn(1, 512, 7, 7)
+    linear = F.linear(pool5.flatten(1), state["classifier.0.weight"], state["classifier.0.bias"])
+    conv = F.conv2d(pool5, model.fc6.weight, model.fc6.bias)  # no padding: the 1x1 centre
+    assert torch.allclose(conv.flatten(1), linear, rtol=1e-4, atol=1e-3)
+    assert torch.equal(model.fc7.weight.flatten(1), state["classifier.3.weight"])
+    assert model.score.weight.abs().max() == 0  # zero-initialised score layer, as in FCN
+
+
+def test_deeplabv3_coco_init_replaces_last_layers(monkeypatch):
+    coco = p2_train_deeplabv3.ARCHS["mobilenet_v3_large"][0](
+        weights=None, weights_backbone=None, num_classes=21, aux_loss=True).state_dict()
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", fake_download(coco))
+    model = p2_train_deeplabv3.build_model({"arch": "mobilenet_v3_large", "init": "coco"})
+    assert model.classifier[-1].out_channels == 7 and model.aux_classifier[-1].out_channels == 7
+    assert torch.equal(model.state_dict()["backbone.4.block.0.0.weight"],
+                       coco["backbone.4.block.0.0.weight"])
+    assert torch.equal(model.state_dict()["classifier.0.convs.0.0.weight"],
+                       coco["classifier.0.convs.0.0.weight"])
+
+
+@pytest.mark.parametrize("build, cfg", [
+    (p2_train_fcn32s.build_model, {}),
+    (p2_train_deeplabv3.build_model, {"arch": "mobilenet_v3_large", "init": "coco"}),
+    (p2_train_deeplabv3.build_model, {"arch": "resnet50", "init": "imagenet"})])
+def test_offline_pretrained_stops_with_one_line(monkeypatch, build, cfg):
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
+    with pytest.raises(UserError) as err:
+        build(cfg)
+    assert "bash hw1_download.sh" in err.value.message and "--no-pretrained" in err.value.message
+    assert "\n" not in err.value.message
+
+
+# ------------------------------------------------------------------- class weights, loss, lr
+def test_median_frequency_weights_by_hand():
+    masks = torch.tensor([[[0, 0, 0, 1], [1, 1, 1, 1]],      # Urban 3, Agriculture 5
+                          [[0, 2, 2, 2], [2, 3, 6, 6]]],     # Urban 1, Rangeland 4, Forest 1
+                         dtype=torch.uint8)
+    # freq: Urban 4/16, Agriculture 5/8, Rangeland 4/8, Forest 1/8 -> median 0.375;
+    # Water and Barren absent and Unknown (unscored) keep 1
+    expected = [0.375 / 0.25, 0.375 / 0.625, 0.375 / 0.5, 0.375 / 0.125, 1, 1, 1]
+    got = p2_common.median_frequency_weights(masks)
+    assert got.tolist() == pytest.approx(expected)
+
+
+def test_losses_match_their_definitions():
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 7, 5, 6), torch.randint(0, 7, (2, 5, 6))
+    weight = torch.rand(7) + 0.5
+    loss = p2_common.segmentation_loss
+    assert loss(logits, target).item() == pytest.approx(F.cross_entropy(logits, target).item())
+    assert loss(logits, target, weight).item() == pytest.approx(
+        F.cross_entropy(logits, target, weight=weight).item(), rel=1e-5)
+    ce = F.cross_entropy(logits, target, reduction="none")
+    focal = ((1 - torch.exp(-ce)) ** 2 * ce).mean()
+    assert loss(logits, target, gamma=2.0).item() == pytest.approx(focal.item(), rel=1e-5)
+    # the criterion adds the aux head with --aux-weight
+    crit = p2_common.make_criterion(argparse.Namespace(loss="ce", focal_gamma=2.0, aux_weight=0.4))
+    aux = torch.randn(2, 7, 5, 6)
+    both = crit({"out": logits, "aux": aux}, target).item()
+    assert both == pytest.approx(F.cross_entropy(logits, target).item()
+                                 + 0.4 * F.cross_entropy(aux, target).item(), rel=1e-5)
+
+
+def test_lr_schedule_warmup_then_poly_or_cosine():
+    f = p2_common.lr_factor
+    assert [f(s, 10, 2) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    assert f(6, 10, 2, "poly") == pytest.approx(0.5 ** 0.9)
+    assert f(6, 10, 2, "cosine") == pytest.approx(0.5)
+    assert f(10, 10, 2, "poly") == 0 and f(10, 10, 2, "cosine") == pytest.approx(0)
+
+
+# ----------------------------------------------------------------------------------- training
+def test_training_steps_lower_the_loss(tiny_data):
+    torch.manual_seed(0)
+    _, images, masks = p2_common.load_split(tiny_data / "train")     # 4 real samples at 64 px
+    x = p2_common.normalize(p2_common.to_float(images.images))       # (4, 3, 64, 64)
+    y = masks.images.long()                                          # (4, 64, 64)
+    args = deeplab_args(*SMALL)
+    model = p2_train_deeplabv3.build_model(vars(args))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    criterion = p2_common.make_criterion(args)
+    model.train()
+    losses = [p2_common.train_step(model, optimizer, x, y, criterion, torch.device("cpu")).item()
+              for _ in range(8)]
+    assert np.mean(losses[-2:]) < 0.7 * np.mean(losses[:2]), losses
+
+
+@pytest.fixture(scope="module")
+def run(tiny_data, tmp_path_factory):
+    """A two-epoch run; returns its folder and what it held right after those two epochs."""
+    out = tmp_path_factory.mktemp("runs") / "dl"
+    p2_train_deeplabv3.main(deeplab_args("--data-dir", str(tiny_data), "--output-dir", str(out),
+                                         "--epochs", "2", "--loss", "weighted-focal", *SMALL))
+    return out, sorted(p.name for p in out.iterdir()), read_jsonl(out / "log.jsonl")
+
+
+def test_two_epoch_run_writes_everything(run):
+    out, names, log = run
+    for name in ("best.pth", "epoch_001.pth", "epoch_002.pth", "last.pth", "snapshots.png",
+                 "curves.png", "log.jsonl", "args.json"):
+        assert name in names
+    assert [r["epoch"] for r in log] == [1, 2]
+    for r in log:
+        assert 0 <= r["val_miou"] <= 1 and r["train_images_per_s"] > 0
+        assert list(r["val_iou"]) == ["Urban", "Agriculture", "Rangeland", "Forest", "Water",
+                                      "Barren"]
+    ckpt = load_checkpoint(out / "best.pth")
+    assert (ckpt["args"]["model_name"], ckpt["args"]["arch"]) == ("deeplabv3", "mobilenet_v3_large")
+    assert ckpt["best_metric"] == pytest.approx(max(r["val_miou"] for r in log), abs=1e-6)
+    figure = Image.open(out / "snapshots.png")  # 3 rows x (image, truth, epochs 1 and 2)
+    assert figure.width > figure.height
+    saved = np.load(out / "snapshots" / "epoch_002.npz")
+    assert list(saved["ids"]) == ["0013", "0062", "0104"] and saved["preds"].shape == (3, 64, 64)
+
+
+def test_used_output_dir_is_refused_then_resume_continues(run, tiny_data):
+    out, _, _ = run
+    with pytest.raises(UserError, match="--resume"):
+        p2_train_deeplabv3.main(deeplab_args("--data-dir", str(tiny_data), "--output-dir",
+                                             str(out), "--epochs", "3", *SMALL))
+    p2_train_deeplabv3.main(deeplab_args("--data-dir", str(tiny_data), "--output-dir", str(out),
+                                         "--epochs", "3", "--resume", "--loss", "weighted-focal",
+                                         *SMALL))
+    assert [r["epoch"] for r in read_jsonl(out / "log.jsonl")] == [1, 2, 3]
+    last = load_checkpoint(out / "last.pth")
+    assert last["epoch"] == 3 and last["scheduler"]["last_epoch"] == 3 * 2  # 2 steps per epoch
+    assert (out / "epoch_003.pth").exists()
+
+
+# ---------------------------------------------------------------------------------- inference
+def palette_only(path):
+    rgb = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
+    colours = {tuple(c) for c in np.unique(rgb, axis=0)}
+    return colours <= {tuple(c) for c in PALETTE}
+
+
+def test_inference_writes_one_palette_mask_per_image_and_scores(run, samples_dir, tmp_path,
+                                                                repo_root):
+    checkpoint = run[0] / "best.pth"
+    inp, gt, pred = tmp_path / "in", tmp_path / "gt", tmp_path / "pred"
+    inp.mkdir()
+    gt.mkdir()
+    for i in SAMPLE_IDS:  # the real 512 px samples, and one 100x75 copy of 0008
+        Image.open(samples_dir / f"{i}_sat.jpg").save(inp / f"{i}_sat.jpg", quality=95)
+        Image.open(samples_dir / f"{i}_mask.png").save(gt / f"{i}_mask.png")
+    shrink(samples_dir / "0008_sat.jpg", inp / "0999_sat.jpg", (100, 75))
+    shrink(samples_dir / "0008_mask.png", gt / "0999_mask.png", (100, 75), mask=True)
+    (inp / "0666_sat.jpg").write_bytes(b"not a jpeg")  # must not stop the others
+
+    argv = ["--input-dir", str(inp), "--output-dir", str(pred), "--checkpoint", str(checkpoint),
+            "--batch-size", "2", "--workers", "2"]
+    with pytest.raises(UserError, match="1 of 6 image.*0666_sat.jpg"):
+        p2_inference.main(p2_inference.get_args_parser().parse_args(argv))
+    names = sorted(p.name for p in pred.iterdir())
+    assert names == [f"{i}_mask.png" for i in (*SAMPLE_IDS, "0999")]
+    for name in names:
+        sat = Image.open(inp / name.replace("_mask.png", "_sat.jpg"))
+        assert Image.open(pred / name).size == sat.size and palette_only(pred / name)
+
+    cm = ConfusionMatrix()
+    for name in names:
+        cm.update(read_mask(gt / name), read_mask(pred / name))
+    scored = subprocess.run([sys.executable, "p2_evaluate.py", "-g", str(gt), "-p", str(pred)],
+                            cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert scored.returncode == 0, scored.stderr
+    value = float(re.search(r"^mean_iou: (\S+)$", scored.stdout, re.M).group(1))
+    assert value == pytest.approx(cm.miou(), abs=1e-6)
+
+    # TTA (three views averaged) on the small image alone: same file, same size, palette only
+    small, tta = tmp_path / "small", tmp_path / "tta"
+    small.mkdir()
+    (inp / "0999_sat.jpg").rename(small / "0999_sat.jpg")
+    argv = ["--input-dir", str(small), "--output-dir", str(tta), *argv[4:], "--tta"]
+    assert p2_inference.main(p2_inference.get_args_parser().parse_args(argv)) == 1
+    assert Image.open(tta / "0999_mask.png").size == (100, 75)
+    assert palette_only(tta / "0999_mask.png")
+
+
+def test_hw1_2_sh_is_one_python3_line_and_writes_masks(run, samples_dir, tmp_path, repo_root):
+    text = (repo_root / "hw1_2.sh").read_text()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("# ")]
+    assert lines[0].startswith("#!") and lines[1] == "set -euo pipefail"
+    assert lines[2:] == ['python3 p2_inference.py --input-dir "$1" --output-dir "$2"']
+    assert not re.search(r"\b(rm|cp|mv|mkdir|cd|pip|sudo|CUDA_VISIBLE_DEVICES)\b", text)
+
+    inp, out = tmp_path / "in", tmp_path / "missing" / "out"  # output folder created on demand
+    inp.mkdir()
+    shrink(samples_dir / "0107_sat.jpg", inp / "0107_sat.jpg", (96, 96))
+    shrink(samples_dir / "0128_sat.jpg", inp / "0128_sat.jpg", (100, 75))
+    env = dict(os.environ, HW1_P2_CHECKPOINT=str(run[0] / "best.pth"), OMP_NUM_THREADS="1",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    done = subprocess.run(["bash", "hw1_2.sh", str(inp), str(out)], cwd=repo_root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "images/s" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["0107_mask.png", "0128_mask.png"]
+    assert Image.open(out / "0128_mask.png").size == (100, 75)
