@@ -16,6 +16,7 @@ Sections (in file order):
   checkpoints  atomic save, clear-error load, loading bare ResNet50 state_dicts
 """
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -207,6 +208,42 @@ def check_finite(loss_value, epoch, step):
     if not math.isfinite(loss_value):
         raise UserError(f"loss became {loss_value} at epoch {epoch}, step {step}; lower --lr or "
                         "resume from the last good checkpoint with --resume")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every default, except None/False ones and where the help text already
+    says what the default means."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def lr_multiplier(step, total_steps, warmup_steps=0, schedule="cosine"):
+    """Factor of the base learning rate at optimizer step `step` (0-based).
+
+    Linear warm-up from 1/warmup_steps to 1 over the first `warmup_steps`, then
+      constant: 1;  cosine: half a cosine from 1 down to 0 at `total_steps`;
+      step: x0.1 at 1/2 and x0.01 from 3/4 of the steps after warm-up.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    if schedule == "step":
+        return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+    raise ValueError(f"unknown schedule {schedule!r}; use constant, cosine or step")
+
+
+def make_lr_scheduler(optimizer, schedule, total_steps, warmup_steps=0):
+    """A LambdaLR over `lr_multiplier`, stepped once per optimizer step. Its state_dict holds only
+    the step count, so a resumed run continues the same curve (rebuilt from the same args)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, total_steps, warmup_steps, schedule))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -837,6 +874,35 @@ def load_checkpoint(path, map_location="cpu", expect_keys=("model",)):
         raise UserError(f"{path} is not a checkpoint of this repository (no "
                         f"{', '.join(expect_keys)} entries)")
     return ckpt
+
+
+def resume_run(output_dir, model, optimizer=None, scheduler=None, scaler=None,
+               best_metric=None):
+    """--resume: restore model/optimizer/scheduler/scaler from output_dir/last.pth (written by
+    save_checkpoint) and drop log.jsonl lines past its epoch, so no epoch is logged twice.
+
+    Returns (first epoch to run, best_metric, best_epoch). A folder without last.pth (a run
+    stopped in its first epoch) starts again at epoch 1 with an empty log. A file written with
+    other model options ends in one line instead of a state_dict dump.
+    """
+    out = Path(output_dir)
+    last = out / "last.pth"
+    if not last.exists():
+        truncate_jsonl(out / "log.jsonl", 0)
+        return 1, best_metric, 0
+    ckpt = load_checkpoint(last)
+    try:
+        unwrap_model(model).load_state_dict(ckpt["model"])
+        for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
+            if obj is not None and ckpt.get(key) is not None:
+                obj.load_state_dict(ckpt[key])
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise UserError(f"cannot resume from {last}: it was written with other model or "
+                        f"optimizer options ({first}); start again with --overwrite") from None
+    truncate_jsonl(out / "log.jsonl", ckpt["epoch"])
+    print(f"resumed from {last} (epoch {ckpt['epoch']})")
+    return ckpt["epoch"] + 1, ckpt.get("best_metric", best_metric), ckpt.get("best_epoch", 0)
 
 
 _PREFIXES = ("module.", "_orig_mod.", "backbone.", "online_encoder.net.", "net.", "encoder.")

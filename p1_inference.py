@@ -1,0 +1,113 @@
+"""Predict Office-Home classes for a csv of images with a setting-C model (hw1_1.sh runs this).
+
+    python3 p1_inference.py --csv test.csv --image-dir test_images/ --output pred.csv
+    python3 p1_inference.py --csv hw1_data/p1_data/office/val.csv \\
+        --image-dir hw1_data/p1_data/office/val --output results/p1_val_pred.csv \\
+        --checkpoint runs/p1_finetune/C/best.pth
+
+Input: a csv with header id,filename,label (label may be `None` or empty, file names need not
+carry a label, e.g. 0000.jpg). Output: the same rows in the same order with header
+id,filename,label, the input's id, the bare file name and the predicted integer label; its
+folder is created if missing.
+
+The model is rebuilt from the checkpoint's args alone (p1_finetune.py checkpoints): by default
+checkpoints/p1_C.pth (fetched by hw1_download.sh), or $HW1_P1_CHECKPOINT when set, or
+--checkpoint. Images are loaded exactly as at validation during training: resized to the
+run's --bank-size square, then to its --image-size, ImageNet normalisation; batches run in
+bf16 on a GPU. Nothing is downloaded.
+
+An image that cannot be read (missing, truncated, not an image) does not stop the others: the
+rows of every readable image are written, the unreadable ones are listed at the end and the
+exit status is 1, so a caller sees that the output is incomplete rather than finding made-up
+labels in it.
+"""
+
+import argparse
+import csv
+import io
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+import utils
+from p1_finetune import load_classifier, run_batches
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "p1_C.pth"
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(
+        "p1_inference", formatter_class=utils.HelpFormatter,
+        description="Office-Home predictions (id,filename,label) for a csv of "
+        "images, with the setting-C checkpoint.")
+    parser.add_argument("--csv", required=True, type=Path, help="input csv (id,filename,label)")
+    parser.add_argument("--image-dir", required=True, type=Path, help="folder of the images")
+    parser.add_argument("--output", required=True, type=Path, help="output csv")
+    parser.add_argument("--checkpoint", type=Path,
+                        default=Path(os.environ.get("HW1_P1_CHECKPOINT", DEFAULT_CHECKPOINT)),
+                        help="a p1_finetune.py checkpoint (default: $HW1_P1_CHECKPOINT, else "
+                        "checkpoints/p1_C.pth next to this script)")
+    parser.add_argument("--batch-size", default=256, type=int, help="images per forward")
+    parser.add_argument("--device", default=None, help="cuda, cpu (default: cuda if any)")
+    parser.add_argument("--amp", default=True, action=argparse.BooleanOptionalAction,
+                        help="bf16 autocast on CUDA (no effect on CPU)")
+    return parser
+
+
+def load_images(paths, size):
+    """Decode `paths` into one bank, skipping unreadable files.
+    -> (ImageBank of the readable ones, their positions in `paths`, [(path, reason)])."""
+    try:  # the usual case: every image reads, decoded in parallel at once
+        return utils.ImageBank.from_paths(paths, size=size), list(range(len(paths))), []
+    except utils.UserError:
+        pass
+    images, good, bad = [], [], []
+    for i, path in enumerate(paths):  # find the culprits one by one
+        try:
+            images.append(utils.ImageBank.from_paths([path], size=size, workers=1).images)
+            good.append(i)
+        except utils.UserError as e:
+            bad.append((path, e.message))
+    bank = utils.ImageBank(torch.cat(images) if images else torch.empty(0, 3, size, size,
+                                                                        dtype=torch.uint8))
+    return bank, good, bad
+
+
+def write_predictions(path, rows):
+    """rows: (id, filename, label) -> csv with the header, written atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "filename", "label"])
+    writer.writerows(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    utils.atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def main(args):
+    device = utils.get_device(args.device)
+    utils.setup_precision(device)
+    model, margs, _ = load_classifier(args.checkpoint, device)
+    rows = utils.read_office_csv(args.csv, require_labels=False)
+    bank, good, bad = load_images([args.image_dir / r["filename"] for r in rows],
+                                  margs["bank_size"])
+    preds = []
+    if good:
+        view = utils.ClassificationAugment(margs["image_size"], train=False)
+        logits = run_batches(model, bank.to(device), view, args.batch_size, device, args.amp)
+        preds = logits.argmax(1).tolist()
+    write_predictions(args.output, [(rows[i]["id"], Path(rows[i]["filename"]).name, p)
+                                    for i, p in zip(good, preds)])
+    print(f"wrote {len(good)} predictions to {args.output} (setting {margs['setting']}, "
+          f"{args.checkpoint})")
+    if bad:
+        for _, reason in bad:
+            print(f"unreadable: {reason}", file=sys.stderr)
+        raise utils.UserError(f"{len(bad)} of {len(rows)} image(s) could not be read (listed "
+                              f"above); {args.output} holds the other {len(good)} rows")
+    return args.output
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

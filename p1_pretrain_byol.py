@@ -1,0 +1,424 @@
+"""Self-supervised pre-training of a ResNet50 on Mini-ImageNet with BYOL (Problem 1, step 1).
+
+A torchvision resnet50(weights=None) is wrapped in byol-pytorch's BYOL (hidden layer `avgpool`,
+simplicial embeddings off). The defaults are the report's run: AdamW lr 1e-3, weight decay
+0.01, batch 256, 300 epochs, 128 px, the report's augmentation list (RandomResizedCrop(128)
+scale 0.08-1, horizontal flip, ColorJitter(0.2, 0.2, 0.2, 0.2) always, ImageNet normalisation).
+Images live in one uint8 bank on the training device and each view is augmented per sample
+there (utils.ClassificationAugment), so no DataLoader workers are involved.
+
+    # the report's recipe
+    python3 p1_pretrain_byol.py --data-dir hw1_data/p1_data/mini/train --output-dir runs/byol
+    # what the strongest public runs did: longer, warm-up + cosine, BYOL's asymmetric views,
+    # EMA decay 0.99 -> 1, with a k-NN probe on Office-Home every 20 epochs
+    python3 p1_pretrain_byol.py --data-dir hw1_data/p1_data/mini/train --output-dir runs/byol800 \\
+        --epochs 800 --lr 3e-4 --warmup-epochs 10 --schedule cosine --aug byol \\
+        --ema-schedule cosine --knn-every 20 --knn-data hw1_data/p1_data/office
+    # continue an interrupted run from runs/byol/last.pth
+    python3 p1_pretrain_byol.py --data-dir hw1_data/p1_data/mini/train --output-dir runs/byol \\
+        --resume
+    # smoke test on CPU in seconds
+    python3 p1_pretrain_byol.py --data-dir demo_data/p1_data/mini/train --output-dir /tmp/byol \\
+        --epochs 2 --batch-size 8 --image-size 32 --max-images 32 --projection-hidden-size 256
+    # throughput of our pipeline vs a seed-style one (PIL + DataLoader, fp32); writes nothing
+    python3 p1_pretrain_byol.py --data-dir hw1_data/p1_data/mini/train --benchmark-steps 10
+
+Outputs in --output-dir: args.json; log.jsonl (per epoch: loss, lr, ema_decay, images_per_s,
+seconds, knn_acc when probed); loss.png; last.pth (learner incl. target encoder and predictor,
+optimizer, scheduler, epoch, best loss: what --resume reads); best.pth (learner at the lowest
+epoch loss); backbone.pth = the bare torchvision ResNet50 state_dict (format of
+pretrain_model_SL.pt, loads into resnet50() with strict=True), taken at the lowest-loss epoch
+as the report did (--export last takes the final epoch instead).
+
+EMA: the target is updated in place, target = d * target + (1 - d) * online, over the
+parameters of the online encoder (ResNet + projector) with one torch._foreach_lerp_, instead of
+byol-pytorch's per-parameter re-allocation. Like byol-pytorch, BatchNorm buffers are NOT
+averaged: the target runs in train mode, normalises with batch statistics, and its running
+stats only track its own inputs; they are never used for the loss, and backbone.pth comes
+from the online network. d is --ema-decay, or with --ema-schedule cosine it rises from
+--ema-decay to 1 over training (BYOL paper: 1 - (1 - d0)(cos(pi k / K) + 1) / 2).
+"""
+
+import argparse
+import io
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from byol_pytorch import BYOL
+from tqdm import tqdm
+
+import utils
+from p1_finetune import load_office, run_batches
+
+BYOL_JITTER = dict(jitter=(0.4, 0.4, 0.2, 0.1), p_jitter=0.8, p_gray=0.2)
+VIEWS = {  # --aug: keyword arguments of utils.ClassificationAugment for view 1 and view 2
+    "report": ({}, {}),  # ClassificationAugment's defaults are the report's list
+    "byol": ({**BYOL_JITTER, "p_blur": 1.0, "p_solarize": 0.0},  # BYOL paper, table 6
+             {**BYOL_JITTER, "p_blur": 0.1, "p_solarize": 0.2}),
+}
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(
+        "p1_pretrain_byol", formatter_class=utils.HelpFormatter,
+        description="BYOL pre-training of a ResNet50 on unlabeled "
+        "Mini-ImageNet (defaults: the report's run). Writes backbone.pth for p1_finetune.py.")
+    parser.add_argument("--data-dir", required=True, type=Path,
+                        help="folder of unlabeled images (p1_data/mini/train; the p1_data "
+                        "folder is accepted too)")
+    parser.add_argument("--output-dir", default=Path("runs/byol"), type=Path,
+                        help="run folder (checkpoints, log, backbone.pth)")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", default=300, type=int,
+                       help="report 300; the strongest public runs 800-1000")
+    train.add_argument("--batch-size", default=256, type=int,
+                       help="images per step (each seen in two views)")
+    train.add_argument("--image-size", default=128, type=int, help="side of each view")
+    train.add_argument("--bank-size", default=None, type=int,
+                       help="resize images to this square side when loading (default: keep "
+                       "the native size; mini images are all 84x84)")
+    train.add_argument("--lr", default=1e-3, type=float,
+                       help="AdamW learning rate (report 1e-3; long public runs used ~3e-4)")
+    train.add_argument("--weight-decay", default=0.01, type=float, help="AdamW weight decay")
+    train.add_argument("--schedule", default="constant", choices=["constant", "cosine"],
+                       help="lr after warm-up: constant (report) or cosine to 0")
+    train.add_argument("--warmup-epochs", default=0, type=float,
+                       help="linear lr warm-up; 10 is typical with --schedule cosine")
+    train.add_argument("--aug", default="report", choices=list(VIEWS),
+                       help="report: the report's list for both views; byol: the BYOL paper's "
+                       "asymmetric views (blur 1.0/0.1, solarize 0/0.2, jitter 0.4,0.4,0.2,0.1 "
+                       "p=0.8, grayscale 0.2)")
+    train.add_argument("--ema-decay", default=0.99, type=float,
+                       help="target EMA decay (byol-pytorch's default 0.99; the paper's 0.996 "
+                       "is for ~4000-image batches)")
+    train.add_argument("--ema-schedule", default="constant", choices=["constant", "cosine"],
+                       help="cosine: decay rises from --ema-decay to 1 over training")
+    train.add_argument("--projection-size", default=256, type=int,
+                       help="BYOL projector/predictor output (byol-pytorch default)")
+    train.add_argument("--projection-hidden-size", default=4096, type=int,
+                       help="hidden width of projector and predictor (byol-pytorch default)")
+    train.add_argument("--export", default="best", choices=["best", "last"],
+                       help="backbone.pth from the lowest-loss epoch (report) or the last one")
+
+    probe = parser.add_argument_group("k-NN probe (optional)")
+    probe.add_argument("--knn-every", default=0, type=int,
+                       help="every N epochs (and at the end), k-NN accuracy of frozen avgpool "
+                       "features, Office-Home train -> val; 0 = off")
+    probe.add_argument("--knn-data", default=None, type=Path,
+                       help="Office-Home folder with train.csv/val.csv for the probe")
+    probe.add_argument("--knn-k", default=20, type=int, help="neighbours that vote")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pth")
+    run.add_argument("--overwrite", action="store_true", help="start again in a used folder")
+    run.add_argument("--device", default=None, help="cuda, cpu, cuda:1 (default: cuda if any)")
+    run.add_argument("--amp", default=True, action=argparse.BooleanOptionalAction,
+                     help="bf16 autocast on CUDA (no effect on CPU)")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the encoders and the predictor")
+    run.add_argument("--seed", default=0, type=int, help="weights, data order, augmentation")
+    run.add_argument("--max-images", default=None, type=int,
+                     help="a random subset of this many images, for smoke runs")
+    run.add_argument("--cache-dir", default=None, type=Path,
+                     help="keep decoded image banks here (re-decoded when files change)")
+    run.add_argument("--log-every", default=50, type=int,
+                     help="show the running loss every N steps (one host sync each)")
+    run.add_argument("--benchmark-steps", default=0, type=int,
+                     help="only measure images/s of N training steps, ours vs the seed-style "
+                     "baseline, and exit (writes nothing)")
+    run.add_argument("--workers", default=4, type=int,
+                     help="DataLoader workers of the seed-style baseline (--benchmark-steps)")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# data, views, learner
+# ---------------------------------------------------------------------------------------------
+def mini_paths(args):
+    data_dir = Path(args.data_dir)
+    if (data_dir / "mini" / "train").is_dir():
+        data_dir = data_dir / "mini" / "train"
+    paths = utils.list_images(data_dir)
+    if args.max_images is not None and args.max_images < len(paths):
+        keep = torch.randperm(len(paths), generator=torch.Generator().manual_seed(args.seed))
+        paths = [paths[i] for i in sorted(keep[:args.max_images].tolist())]
+    return paths
+
+
+class View:
+    """One BYOL view: per-sample augmentation of a uint8 batch (B, 3, H, W) on its device, in fp32
+    even inside the bf16 autocast of the step, returned in the model's memory format."""
+
+    def __init__(self, augment, memory_format):
+        self.augment, self.memory_format = augment, memory_format
+
+    def __call__(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            return self.augment(x).contiguous(memory_format=self.memory_format)  # (B, 3, S, S)
+
+
+def build_views(aug, image_size, device):
+    fmt = utils.memory_format(device)
+    return tuple(View(utils.ClassificationAugment(image_size, **kw), fmt) for kw in VIEWS[aug])
+
+
+def build_learner(args, device, views=None):
+    """BYOL around resnet50(weights=None); views=None keeps byol-pytorch's default augmentation.
+    BYOL's __init__ runs one mock forward (2 random images), which also creates the target."""
+    net = torchvision.models.resnet50(weights=None).to(device)
+    learner = BYOL(net, image_size=args.image_size, hidden_layer="avgpool",
+                   projection_size=args.projection_size,
+                   projection_hidden_size=args.projection_hidden_size,
+                   augment_fn=views[0] if views else None, augment_fn2=views[1] if views else None,
+                   moving_average_decay=args.ema_decay, use_simplicial_embeddings=False)
+    return learner.to(device, memory_format=utils.memory_format(device))
+
+
+def build_optimizer(learner, args, steps_per_epoch):
+    params = [p for p in learner.parameters() if p.requires_grad]  # the target has none
+    # fused: one kernel for the whole update on CUDA
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay,
+                                  fused=params[0].is_cuda)
+    scheduler = utils.make_lr_scheduler(optimizer, args.schedule, args.epochs * steps_per_epoch,
+                                        round(args.warmup_epochs * steps_per_epoch))
+    return optimizer, scheduler
+
+
+# ---------------------------------------------------------------------------------------------
+# EMA target and the training step
+# ---------------------------------------------------------------------------------------------
+def ema_decay(step, total_steps, base, schedule):
+    if schedule == "constant":
+        return base
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * min(step / max(total_steps, 1), 1.0)) + 1) / 2
+
+
+@torch.no_grad()
+def update_target(learner, decay):
+    """target <- decay * target + (1 - decay) * online, parameters only, in place (see the
+    module docstring for why BatchNorm buffers are left to the target's own forward)."""
+    online = list(learner.online_encoder.parameters())
+    target = list(learner.target_encoder.parameters())
+    torch._foreach_lerp_(target, online, 1.0 - decay)
+
+
+def train_step(learner, x, optimizer, scheduler, decay, device, amp=True):
+    """One BYOL step on a uint8 batch (B, 3, H, W) on the device -> the loss, still on the device.
+    BYOL.forward augments x twice itself and runs 2B images through each encoder."""
+    with utils.autocast(device, amp):
+        loss = learner(x)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    update_target(learner, decay)
+    return loss.detach()
+
+
+def save_backbone(net, path):
+    """The bare torchvision ResNet50 state_dict (format of pretrain_model_SL.pt), CPU and
+    contiguous (channels_last undone), written atomically."""
+    state = utils.unwrap_model(net).state_dict()
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    utils.atomic_write_bytes(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# k-NN probe
+# ---------------------------------------------------------------------------------------------
+def knn_accuracy(train_f, train_y, val_f, val_y, k=20, temperature=0.07):
+    """Weighted k-NN (as in DINO): each val feature takes its k most cosine-similar train
+    features, which vote for their class with weight exp(similarity / temperature)."""
+    train_f, val_f = F.normalize(train_f, dim=1), F.normalize(val_f, dim=1)
+    sim, idx = (val_f @ train_f.T).topk(min(k, len(train_f)), dim=1)  # (Nv, k)
+    votes = torch.zeros(len(val_f), int(train_y.max()) + 1, device=val_f.device)
+    votes.scatter_add_(1, train_y.to(val_f.device)[idx], (sim / temperature).exp())
+    return (votes.argmax(1) == val_y.to(val_f.device)).float().mean().item()
+
+
+def knn_probe(learner, banks, args, device):
+    """k-NN accuracy of the online avgpool features (B, 2048) at the evaluation view."""
+    learner.eval()
+    view = utils.ClassificationAugment(args.image_size, train=False)
+    embed = lambda x: learner(x, return_embedding=True, return_projection=False)
+    feats = [run_batches(embed, bank, view, 256, device, args.amp) for bank, _ in banks]
+    learner.train()
+    return knn_accuracy(feats[0], banks[0][1], feats[1], banks[1][1], args.knn_k)
+
+
+# ---------------------------------------------------------------------------------------------
+# throughput: ours vs a seed-style pipeline
+# ---------------------------------------------------------------------------------------------
+def _forever(make_batches):
+    while True:
+        yield from make_batches()
+
+
+def _images_per_s(step, batches, steps, batch_size, device, warmup=2):
+    for _ in range(warmup):
+        step(next(batches))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        last = step(next(batches))
+    float(last)  # wait for the device
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
+def _bench_ours(args, paths, device, steps):
+    bank = utils.ImageBank.from_paths(paths, size=args.bank_size, cache_dir=args.cache_dir)
+    bank.to(device)
+    learner = build_learner(args, device, build_views(args.aug, args.image_size, device))
+    optimizer, scheduler = build_optimizer(learner, args, len(bank) // args.batch_size)
+    batches = _forever(lambda: (bank.batch(i) for i in utils.index_batches(len(bank),
+                                                                           args.batch_size)))
+    step = lambda x: train_step(learner, x, optimizer, scheduler, args.ema_decay, device, args.amp)
+    return _images_per_s(step, batches, steps, args.batch_size, device)
+
+
+def _bench_seed(args, paths, device, steps):
+    import torchvision.transforms as T
+
+    size = args.image_size
+    transform = T.Compose([T.Resize((size, size)), T.RandomResizedCrop(size),
+                           T.RandomHorizontalFlip(), T.ColorJitter(0.2, 0.2, 0.2, 0.2),
+                           T.ToTensor(), T.Normalize(utils.IMAGENET_MEAN, utils.IMAGENET_STD)])
+    loader = torch.utils.data.DataLoader(
+        utils.ImageListDataset(paths, transform=transform), batch_size=args.batch_size,
+        shuffle=True, num_workers=args.workers, drop_last=True,
+        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
+    learner = build_learner(args, device)  # byol-pytorch's default augmentation
+    optimizer = torch.optim.AdamW(learner.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+
+    def step(x):
+        loss = learner(x.to(device))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        learner.update_moving_average()
+        return loss.item()
+
+    return _images_per_s(step, _forever(lambda: iter(loader)), steps, args.batch_size, device)
+
+
+def benchmark(args, steps=None):
+    """Images/s of N BYOL training steps (after 2 warm-up steps), same model, batch and size:
+    ours: uint8 bank on the device, per-sample on-device views, bf16 autocast on CUDA, in-place
+          EMA, no per-step sync (the bank is decoded before timing, as in training);
+    seed: PIL transforms (the report's list) in DataLoader workers, then byol-pytorch's default
+          augmentation on the batch, fp32, the library's EMA, loss.item() every step.
+    Returns {"ours": images/s, "seed": images/s, "ratio": ours / seed}."""
+    steps = steps or args.benchmark_steps
+    device = utils.get_device(args.device)
+    utils.setup_precision(device)
+    utils.seed_everything(args.seed)
+    paths = mini_paths(args)
+    if len(paths) < args.batch_size:
+        raise utils.UserError(f"{len(paths)} images for --batch-size {args.batch_size}; lower it")
+    result = {"ours": _bench_ours(args, paths, device, steps)}
+    result["seed"] = _bench_seed(args, paths, device, steps)
+    result["ratio"] = result["ours"] / result["seed"]
+    print(f"{device} | batch {args.batch_size} | {args.image_size} px | {steps} steps: ours "
+          f"{result['ours']:.1f} img/s, seed-style {result['seed']:.1f} img/s, "
+          f"ratio {result['ratio']:.2f}x")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+def main(args):
+    if args.benchmark_steps:
+        return benchmark(args)
+    if args.batch_size < 2:
+        raise utils.UserError("--batch-size must be at least 2 (BatchNorm in the projector)")
+    if args.knn_every and args.knn_data is None:
+        raise utils.UserError("--knn-every needs --knn-data OFFICE_DIR (train.csv + val.csv)")
+    device = utils.get_device(args.device)
+    utils.setup_precision(device)
+    utils.seed_everything(args.seed)
+    out = utils.prepare_output_dir(args.output_dir, args, args.resume, args.overwrite)
+
+    # ---- data: the whole folder as one uint8 bank on the training device
+    bank = utils.ImageBank.from_paths(mini_paths(args), size=args.bank_size,
+                                      cache_dir=args.cache_dir, progress=True).to(device)
+    if len(bank) < args.batch_size:
+        raise utils.UserError(f"{len(bank)} images for --batch-size {args.batch_size}; lower it")
+    steps_per_epoch = len(bank) // args.batch_size
+    total_steps = args.epochs * steps_per_epoch
+    banks = None
+    if args.knn_every:
+        banks = [load_office(args.knn_data, split, args.image_size, device, args.cache_dir)
+                 for split in ("train", "val")]
+
+    # ---- learner, optimizer
+    learner = build_learner(args, device, build_views(args.aug, args.image_size, device))
+    optimizer, scheduler = build_optimizer(learner, args, steps_per_epoch)
+    print(f"{len(bank)} images of {tuple(bank.images.shape[1:])}, {steps_per_epoch} steps/epoch")
+    utils.print_run_header(args, device, args.batch_size, args.lr)
+
+    # ---- resume
+    start_epoch, best_loss, best_epoch = 1, math.inf, 0
+    if args.resume:
+        start_epoch, best_loss, best_epoch = utils.resume_run(out, learner, optimizer, scheduler,
+                                                              best_loss)
+    if args.compile:  # in place: state_dict keys and the avgpool hook stay as they are
+        for module in (learner.online_encoder, learner.target_encoder, learner.online_predictor):
+            module.compile()
+
+    # ---- loop
+    for epoch in range(start_epoch, args.epochs + 1):
+        learner.train()
+        gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch)  # same order on resume
+        batches = utils.index_batches(len(bank), args.batch_size, generator=gen, device=bank.device)
+        loss_sum = torch.zeros((), device=device)  # summed on the device, synced once per epoch
+        t0 = time.perf_counter()
+        bar = tqdm(batches, total=steps_per_epoch, leave=False, desc=f"epoch {epoch}")
+        for step, idx in enumerate(bar):
+            decay = ema_decay((epoch - 1) * steps_per_epoch + step, total_steps, args.ema_decay,
+                              args.ema_schedule)
+            loss_sum += train_step(learner, bank.batch(idx), optimizer, scheduler, decay, device,
+                                   args.amp)
+            if args.log_every and (step + 1) % args.log_every == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4f}")
+        loss = loss_sum.item() / steps_per_epoch
+        seconds = time.perf_counter() - t0
+        utils.check_finite(loss, epoch, steps_per_epoch)
+        record = {"epoch": epoch, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
+                  "ema_decay": decay, "images_per_s": steps_per_epoch * args.batch_size / seconds,
+                  "seconds": seconds}
+        if banks and (epoch % args.knn_every == 0 or epoch == args.epochs):
+            record["knn_acc"] = knn_probe(learner, banks, args, device)
+        utils.append_jsonl(out / "log.jsonl", record)
+        print(f"epoch {epoch}/{args.epochs} loss {loss:.4f} lr {record['lr']:.2e} ema {decay:.4f}"
+              f" | {record['images_per_s']:.1f} img/s, {seconds:.1f} s"
+              + (f" | knn acc {record['knn_acc']:.4f}" if "knn_acc" in record else ""))
+
+        if loss < best_loss:
+            best_loss, best_epoch = loss, epoch
+            utils.save_checkpoint(out / "best.pth", learner, epoch=epoch, best_metric=loss,
+                                  args=args)
+            if args.export == "best":
+                save_backbone(learner.net, out / "backbone.pth")
+        utils.save_checkpoint(out / "last.pth", learner, optimizer, scheduler, epoch=epoch,
+                              best_metric=best_loss, args=args, best_epoch=best_epoch)
+        utils.plot_curves(utils.read_jsonl(out / "log.jsonl"), ["loss", "knn_acc"],
+                          out / "loss.png", title="BYOL pre-training")
+
+    if args.export == "last" or not (out / "backbone.pth").exists():
+        save_backbone(learner.net, out / "backbone.pth")
+    print(f"lowest loss {best_loss:.4f} at epoch {best_epoch}; backbone.pth is the "
+          f"{args.export} epoch's -> {out / 'backbone.pth'}")
+    return out
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

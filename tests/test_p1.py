@@ -1,0 +1,327 @@
+"""Problem 1 tests: BYOL pre-training, fine-tuning settings A-E, t-SNE, inference, hw1_1.sh.
+
+CPU only, on tiny generated data in the exact hw1_data layout: 4 classes that differ in colour
+and shape (disc/square), 36-56 px images of varied size, ResNet50 run at 32 px. The expensive
+runs are module fixtures shared by the tests that read their outputs:
+byol_run (3 epochs, interrupted after 2 and resumed) -> finetune_all (A-E for 1 epoch, then C
+resumed to 2 epochs) -> t-SNE, inference, hw1_1.sh.
+"""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image, ImageDraw
+
+import p1_finetune
+import p1_inference
+import p1_pretrain_byol
+import p1_tsne
+import utils
+
+REPO = Path(__file__).resolve().parents[1]
+COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (230, 220, 40)]
+
+
+# ------------------------------------------------------------------------------ tiny data
+def draw(rng, label, width, height):
+    """A noisy grey background with one big shape: the colour and shape (even labels discs,
+    odd labels squares) are the class."""
+    image = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(90, 140, 3)))
+    side = int(min(width, height) * rng.uniform(0.5, 0.8))
+    x0, y0 = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+    shape = ImageDraw.Draw(image).ellipse if label % 2 == 0 else ImageDraw.Draw(image).rectangle
+    shape((x0, y0, x0 + side, y0 + side), fill=COLOURS[label])
+    noisy = np.asarray(image).astype(np.int16) + rng.integers(-8, 9, (height, width, 3))
+    return Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
+
+
+def write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "filename", "label"])
+        writer.writerows(rows)
+
+
+def make_p1_data(root, classes=4, train_per_class=16, val_per_class=4, mini=16, seed=0):
+    """root/p1_data/{mini/train/*.jpg, office/{train,val}/{label}_{id}.jpg + train.csv/val.csv}"""
+    rng = np.random.default_rng(seed)
+    office = root / "p1_data" / "office"
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        (office / split).mkdir(parents=True)
+        rows = []
+        for i in range(classes * per_class):
+            label, name = i % classes, f"{i % classes}_{i}.jpg"
+            size = rng.integers(36, 56, 2)
+            draw(rng, label, int(size[0]), int(size[1])).save(office / split / name, quality=95)
+            rows.append((i, name, label))
+        write_csv(office / f"{split}.csv", rows)
+    mini_dir = root / "p1_data" / "mini" / "train"
+    mini_dir.mkdir(parents=True)
+    for i in range(mini):  # unlabeled, all 40x40 like the real folder's single size
+        draw(rng, int(rng.integers(0, classes)), 40, 40).save(mini_dir / f"{i:05d}.jpg")
+    return root / "p1_data"
+
+
+def parse(module, *argv):
+    return module.get_args_parser().parse_args([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_p1_data(tmp_path_factory.mktemp("p1"))
+
+
+@pytest.fixture(scope="module")
+def sl_backbone(tmp_path_factory):
+    """A stand-in for pretrain_model_SL.pt: a seeded random resnet50 state_dict."""
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("sl") / "pretrain_model_SL.pt"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def byol_run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("byol")
+    common = ["--data-dir", data, "--output-dir", out, "--batch-size", 8, "--image-size", 32,
+              "--projection-hidden-size", 256, "--knn-every", 2, "--knn-data", data / "office"]
+    p1_pretrain_byol.main(parse(p1_pretrain_byol, *common, "--epochs", 2))
+    p1_pretrain_byol.main(parse(p1_pretrain_byol, *common, "--epochs", 3, "--resume"))
+    yield out
+    shutil.rmtree(out)  # ~2 GB of checkpoints; pytest would keep three runs of them
+
+
+@pytest.fixture(scope="module")
+def finetune_all(data, byol_run, sl_backbone, tmp_path_factory):
+    out, results = tmp_path_factory.mktemp("ft"), tmp_path_factory.mktemp("results")
+    common = ["--data-dir", data / "office", "--backbone", byol_run / "backbone.pth",
+              "--sl-backbone", sl_backbone, "--output-dir", out, "--results-dir", results,
+              "--batch-size", 8, "--image-size", 32, "--bank-size", 40, "--num-classes", 4,
+              "--max-images", 8, "--warmup-epochs", 0]
+    p1_finetune.main(parse(p1_finetune, "--setting", "all", "--epochs", 1, *common))
+    table = p1_finetune.main(parse(p1_finetune, "--setting", "C", "--epochs", 2, "--resume",
+                                   *common))
+    yield SimpleNamespace(out=out, results=results, table=table)
+    shutil.rmtree(out)
+
+
+# ------------------------------------------------------------------------------ BYOL
+@pytest.mark.parametrize("aug", ["report", "byol"])
+def test_views_differ_within_a_batch_and_between_views(aug):
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (1, 3, 40, 40), dtype=torch.uint8)
+    batch = image.expand(2, -1, -1, -1).contiguous()  # the same image twice
+    view1, view2 = p1_pretrain_byol.build_views(aug, 32, torch.device("cpu"))
+    a, b = view1(batch), view2(batch)
+    assert a.shape == b.shape == (2, 3, 32, 32)
+    assert not torch.allclose(a[0], a[1], atol=1e-3)  # each sample draws its own crop/jitter
+    assert not torch.allclose(a, b, atol=1e-3)
+    assert view1(torch.randn(2, 3, 32, 32)).shape == (2, 3, 32, 32)  # BYOL's float mock input
+
+
+def test_ema_update_is_an_in_place_lerp_and_decay_schedule():
+    online, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in target.parameters()]
+    ptrs = [p.data_ptr() for p in target.parameters()]
+    p1_pretrain_byol.update_target(SimpleNamespace(online_encoder=online, target_encoder=target),
+                                   0.9)
+    for old, new, on, ptr in zip(before, target.parameters(), online.parameters(), ptrs):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * on)
+        assert new.data_ptr() == ptr
+    decay = p1_pretrain_byol.ema_decay
+    assert decay(0, 100, 0.99, "cosine") == pytest.approx(0.99)
+    assert decay(50, 100, 0.99, "cosine") == pytest.approx(0.995)
+    assert decay(100, 100, 0.99, "cosine") == pytest.approx(1.0)
+    assert decay(50, 100, 0.99, "constant") == 0.99
+
+
+def test_knn_accuracy_counts_neighbours():
+    train_f = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    train_y = torch.tensor([0, 0, 1, 1])
+    val_f = torch.tensor([[1.0, 0.05], [0.05, 1.0], [0.0, 1.0]])
+    acc = p1_pretrain_byol.knn_accuracy(train_f, train_y, val_f, torch.tensor([0, 1, 0]), k=2)
+    assert acc == pytest.approx(2 / 3)
+
+
+def test_byol_loss_falls_and_resume_logs_each_epoch_once(byol_run):
+    log = utils.read_jsonl(byol_run / "log.jsonl")
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    # 6 steps on 16 images: the predictor catches up with the (slow) target
+    assert log[-1]["loss"] < 0.85 * log[0]["loss"], [r["loss"] for r in log]
+    assert "knn_acc" in log[1] and "knn_acc" in log[2] and "knn_acc" not in log[0]
+    assert all(r["images_per_s"] > 0 and r["ema_decay"] == 0.99 for r in log)
+    assert (byol_run / "loss.png").stat().st_size > 0
+    last = utils.load_checkpoint(byol_run / "last.pth")
+    assert last["epoch"] == 3 and last["optimizer"] is not None
+    assert any(k.startswith("target_encoder.") for k in last["model"])
+
+
+def test_backbone_is_a_strict_resnet50_state_dict_of_the_best_epoch(byol_run):
+    state = torch.load(byol_run / "backbone.pth", weights_only=True)
+    torchvision.models.resnet50(weights=None).load_state_dict(state, strict=True)
+    best = utils.load_checkpoint(byol_run / "best.pth")
+    log = utils.read_jsonl(byol_run / "log.jsonl")
+    assert best["epoch"] == min(log, key=lambda r: r["loss"])["epoch"]
+    for k, v in state.items():
+        assert torch.equal(v, best["model"][f"net.{k}"]), k
+
+
+def test_byol_refuses_a_used_output_dir(data, byol_run):
+    with pytest.raises(utils.UserError, match="--resume"):
+        p1_pretrain_byol.main(parse(p1_pretrain_byol, "--data-dir", data, "--output-dir",
+                                    byol_run, "--epochs", 1, "--batch-size", 8))
+
+
+# ------------------------------------------------------------------------------ fine-tuning
+def test_all_settings_fill_the_table(finetune_all):
+    saved = finetune_all.table
+    assert sorted(saved) == ["A", "B", "C", "D", "E"]
+    assert saved["C"]["epochs"] == 2 and saved["A"]["epochs"] == 1
+    assert all(0.0 <= r["best_val_acc"] <= 1.0 for r in saved.values())
+    md = (finetune_all.results / "p1_table.md").read_text().splitlines()
+    assert len(md) == 2 + 5 and md[2].startswith("| A | none | full model |")
+    for setting in "ABCDE":
+        run = finetune_all.out / setting
+        assert (run / "curves.png").exists() and (run / "best.pth").exists()
+
+
+def backbone_equal(model_state, source):
+    source = torch.load(source, weights_only=True)
+    keys = [k for k in model_state if not k.startswith("fc.")]
+    assert any(k.endswith("running_var") for k in keys)
+    return {k: torch.equal(model_state[k], source[k]) for k in keys}
+
+
+def test_frozen_settings_keep_every_backbone_tensor(finetune_all, byol_run, sl_backbone):
+    for setting, source in (("D", sl_backbone), ("E", byol_run / "backbone.pth")):
+        state = utils.load_checkpoint(finetune_all.out / setting / "last.pth")["model"]
+        same = backbone_equal(state, source)
+        assert all(same.values()), [k for k, ok in same.items() if not ok][:5]
+    # the same comparison does see a change when the backbone trains (setting C)
+    state = utils.load_checkpoint(finetune_all.out / "C" / "last.pth")["model"]
+    assert not all(backbone_equal(state, byol_run / "backbone.pth").values())
+
+
+def test_frozen_model_keeps_batchnorm_in_eval_mode():
+    model = p1_finetune.Classifier(4, freeze_backbone=True).train()
+    assert not model.bn1.training and not model.layer3[0].bn2.training
+    assert model.fc.training and model.fc[1].training
+    assert all(p.requires_grad == n.startswith("fc.") for n, p in model.named_parameters())
+
+
+def test_first_and_last_checkpoints_rebuild_from_their_args(finetune_all):
+    run = finetune_all.out / "C"
+    first_model, first_args, first_epoch = p1_finetune.load_classifier(run / "epoch_first.pth",
+                                                                       "cpu")
+    _, last_args, last_epoch = p1_finetune.load_classifier(run / "last.pth", "cpu")
+    assert (first_epoch, last_epoch) == (1, 2)
+    assert first_args["setting"] == last_args["setting"] == "C"
+    assert first_args["num_classes"] == 4 and first_model.fc[-1].out_features == 4
+    assert first_model.penultimate(torch.zeros(2, 3, 32, 32)).shape == (2, 512)
+
+
+def test_head_on_the_byol_backbone_beats_chance(data, byol_run, tmp_path):
+    # setting E end to end: 6 BYOL steps already give separable features, and 24 head-only
+    # steps (enough for the head's BatchNorm running stats to settle) classify the 4 classes
+    # of the validation split far above chance (0.25)
+    args = parse(p1_finetune, "--setting", "E", "--data-dir", data, "--backbone",
+                 byol_run / "backbone.pth", "--output-dir", tmp_path / "runs", "--results-dir",
+                 tmp_path, "--epochs", 3, "--batch-size", 8, "--image-size", 32,
+                 "--bank-size", 40, "--num-classes", 4, "--warmup-epochs", 0, "--lr", 3e-3)
+    row = p1_finetune.main(args)["E"]
+    assert row["best_val_acc"] >= 0.6, row
+    shutil.rmtree(tmp_path / "runs")
+
+
+def test_finetune_names_the_missing_backbone(data, sl_backbone, tmp_path):
+    # checked for all five settings before any training starts
+    with pytest.raises(utils.UserError, match="pass --backbone"):
+        p1_finetune.main(parse(p1_finetune, "--setting", "all", "--data-dir", data,
+                               "--sl-backbone", sl_backbone, "--output-dir", tmp_path))
+    with pytest.raises(utils.UserError, match="x.pt does not exist"):
+        p1_finetune.main(parse(p1_finetune, "--setting", "B", "--data-dir", data,
+                               "--sl-backbone", tmp_path / "x.pt", "--output-dir", tmp_path))
+    assert not (tmp_path / "A").exists()
+
+
+# ------------------------------------------------------------------------------ t-SNE
+def test_tsne_writes_two_panels(finetune_all, data, tmp_path):
+    run = finetune_all.out / "C"
+    out = tmp_path / "tsne.png"
+    fig = p1_tsne.main(parse(p1_tsne, "--first", run / "epoch_first.pth", "--last",
+                             run / "last.pth", "--data-dir", data / "office", "--output", out))
+    panels = [ax for ax in fig.axes if ax.collections and ax.get_title().startswith("setting C")]
+    assert len(panels) == 2
+    assert "epoch 1" in panels[0].get_title() and "epoch 2" in panels[1].get_title()
+    width, height = Image.open(out).size
+    assert width > 1.5 * height
+
+
+# ------------------------------------------------------------------------------ inference
+def make_test_set(data, folder, broken=False):
+    """Val images renamed 0000.jpg.. (no label in the name), ids from 100, label None."""
+    folder.mkdir()
+    rows = []
+    for i, src in enumerate(sorted((data / "office" / "val").iterdir())[:6]):
+        (folder / f"{i:04d}.jpg").write_bytes(src.read_bytes())
+        rows.append((100 + i, f"{i:04d}.jpg", "None"))
+    if broken:
+        (folder / "0098.jpg").write_bytes(b"not an image")
+        rows += [(98, "0098.jpg", "None"), (99, "0099.jpg", "")]  # the second one is missing
+    write_csv(folder.parent / "test.csv", rows)
+    return folder.parent / "test.csv", rows
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_hw1_1_sh_writes_one_row_per_input(finetune_all, data, tmp_path):
+    csv_path, rows = make_test_set(data, tmp_path / "images")
+    out = tmp_path / "new_dir" / "pred.csv"
+    env = {**os.environ, "HW1_P1_CHECKPOINT": str(finetune_all.out / "C" / "best.pth"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(["bash", "hw1_1.sh", str(csv_path), str(tmp_path / "images"),
+                           str(out)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = read_rows(out)
+    assert got[0] == ["id", "filename", "label"]
+    assert [(r[0], r[1]) for r in got[1:]] == [(str(i), name) for i, name, _ in rows]
+    assert all(r[2].isdigit() and 0 <= int(r[2]) < 4 for r in got[1:])
+
+
+def test_hw1_1_sh_is_one_plain_line():
+    lines = [ln for ln in (REPO / "hw1_1.sh").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    assert lines == ["set -euo pipefail",
+                     'python3 p1_inference.py --csv "$1" --image-dir "$2" --output "$3"']
+
+
+def test_inference_skips_unreadable_images_and_fails(finetune_all, data, tmp_path):
+    csv_path, rows = make_test_set(data, tmp_path / "images", broken=True)
+    out = tmp_path / "pred.csv"
+    args = parse(p1_inference, "--csv", csv_path, "--image-dir", tmp_path / "images",
+                 "--output", out, "--checkpoint", finetune_all.out / "C" / "best.pth")
+    with pytest.raises(utils.UserError, match="2 of 8"):
+        p1_inference.main(args)
+    got = read_rows(out)
+    assert [r[1] for r in got[1:]] == [f"{i:04d}.jpg" for i in range(6)]
+
+
+def test_inference_rejects_a_byol_checkpoint(byol_run, data, tmp_path):
+    csv_path, _ = make_test_set(data, tmp_path / "images")
+    args = parse(p1_inference, "--csv", csv_path, "--image-dir", tmp_path / "images",
+                 "--output", tmp_path / "pred.csv", "--checkpoint", byol_run / "best.pth")
+    with pytest.raises(utils.UserError, match="not a p1_finetune.py checkpoint"):
+        p1_inference.main(args)
