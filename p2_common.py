@@ -28,7 +28,6 @@ so no DataLoader and no host copy sits in the step.
 
 import argparse
 import contextlib
-import functools
 import math
 import time
 from pathlib import Path
@@ -53,18 +52,18 @@ from utils import (
     get_device,
     index_batches,
     list_sat_pairs,
-    load_checkpoint,
+    make_lr_scheduler,
     memory_format,
     normalize,
     plot_curves,
     prepare_output_dir,
     print_run_header,
     read_jsonl,
+    resume_run,
     save_checkpoint,
     seed_everything,
     setup_precision,
     to_float,
-    truncate_jsonl,
 )
 
 
@@ -244,15 +243,6 @@ def make_optimizer(model, args, device):
     return torch.optim.AdamW(groups, lr=args.lr, fused=fused)
 
 
-def lr_factor(step, total_steps, warmup_steps, schedule="poly", power=0.9):
-    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warm-up to 1 over
-    `warmup_steps`, then poly (1-t)^power or cosine from 1 to 0 over the remaining steps."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return (1 - t) ** power if schedule == "poly" else 0.5 * (1 + math.cos(math.pi * t))
-
-
 # ---------------------------------------------------------------------------------------------
 # prediction and validation
 # ---------------------------------------------------------------------------------------------
@@ -400,13 +390,7 @@ def train(args, build_model):
         raise UserError(f"--epochs must be at least 1, not {args.epochs}")
     out = prepare_output_dir(args.output_dir, args, resume=args.resume, overwrite=args.overwrite)
     log_path = out / "log.jsonl"
-    resume_ckpt = None
-    if args.resume:
-        if (out / "last.pth").exists():
-            resume_ckpt = load_checkpoint(out / "last.pth")
-        else:
-            print(f"no {out / 'last.pth'} to resume from; starting at epoch 1")
-            truncate_jsonl(log_path, 0)
+    resuming = args.resume and (out / "last.pth").exists()
 
     # ---- data: both splits as uint8 banks on the training device -----------------------------
     data_dir = Path(args.data_dir)
@@ -438,32 +422,18 @@ def train(args, build_model):
     criterion = make_criterion(args, class_weight)
 
     # ---- model, optimizer, schedule ------------------------------------------------------------
-    model = build_model(vars(args), load_pretrained=resume_ckpt is None)
+    model = build_model(vars(args), load_pretrained=not resuming)  # resume: no download
     model = model.to(device, memory_format=memory_format(device))
     optimizer = make_optimizer(model, args, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
-        lr_factor, total_steps=args.epochs * steps_per_epoch,
-        warmup_steps=round(args.warmup_epochs * steps_per_epoch), schedule=args.schedule))
+    scheduler = make_lr_scheduler(optimizer, args.schedule, args.epochs * steps_per_epoch,
+                                  round(args.warmup_epochs * steps_per_epoch))
 
     # ---- resume --------------------------------------------------------------------------------
     start_epoch, best = 1, -math.inf
-    if resume_ckpt is not None:
-        saved_name = (resume_ckpt.get("args") or {}).get("model_name")
-        if saved_name != args.model_name:
-            raise UserError(f"{out / 'last.pth'} holds a {saved_name} run, not {args.model_name}; "
-                            "pick another --output-dir")
-        try:
-            model.load_state_dict(resume_ckpt["model"])
-            optimizer.load_state_dict(resume_ckpt["optimizer"])
-            scheduler.load_state_dict(resume_ckpt["scheduler"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{out / 'last.pth'} does not fit the model/optimizer of these flags "
-                            f"({type(e).__name__}); resume with the run's own flags") from None
-        start_epoch = resume_ckpt["epoch"] + 1
-        best = resume_ckpt["best_metric"] if resume_ckpt["best_metric"] is not None else -math.inf
-        truncate_jsonl(log_path, resume_ckpt["epoch"])
-        print(f"resumed {out / 'last.pth'} at epoch {start_epoch} (best val mIoU {best:.4f})")
-        del resume_ckpt
+    if args.resume:
+        start_epoch, best, _ = resume_run(out, model, optimizer, scheduler, best_metric=best,
+                                          expect={"model_name": args.model_name})
+        best = -math.inf if best is None else best
     print_run_header(args, device, batch_size, args.lr)
     print(f"{len(train_ids)} train / {len(val_ids)} val pairs, {steps_per_epoch} steps per epoch, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")

@@ -225,7 +225,8 @@ def lr_multiplier(step, total_steps, warmup_steps=0, schedule="cosine"):
 
     Linear warm-up from 1/warmup_steps to 1 over the first `warmup_steps`, then
       constant: 1;  cosine: half a cosine from 1 down to 0 at `total_steps`;
-      step: x0.1 at 1/2 and x0.01 from 3/4 of the steps after warm-up.
+      poly: (1 - t)^0.9 (DeepLab's schedule);  step: x0.1 at 1/2 and x0.01 from 3/4 of the
+      steps after warm-up.
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -234,9 +235,11 @@ def lr_multiplier(step, total_steps, warmup_steps=0, schedule="cosine"):
         return 1.0
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * t))
+    if schedule == "poly":
+        return (1.0 - t) ** 0.9
     if schedule == "step":
         return 0.1 ** ((t >= 0.5) + (t >= 0.75))
-    raise ValueError(f"unknown schedule {schedule!r}; use constant, cosine or step")
+    raise ValueError(f"unknown schedule {schedule!r}; use constant, cosine, poly or step")
 
 
 def make_lr_scheduler(optimizer, schedule, total_steps, warmup_steps=0):
@@ -877,20 +880,27 @@ def load_checkpoint(path, map_location="cpu", expect_keys=("model",)):
 
 
 def resume_run(output_dir, model, optimizer=None, scheduler=None, scaler=None,
-               best_metric=None):
+               best_metric=None, expect=None):
     """--resume: restore model/optimizer/scheduler/scaler from output_dir/last.pth (written by
     save_checkpoint) and drop log.jsonl lines past its epoch, so no epoch is logged twice.
 
     Returns (first epoch to run, best_metric, best_epoch). A folder without last.pth (a run
     stopped in its first epoch) starts again at epoch 1 with an empty log. A file written with
-    other model options ends in one line instead of a state_dict dump.
+    other model options ends in one line instead of a state_dict dump. `expect` ({arg: value})
+    names the saved args that must match, e.g. {"model_name": "fcn32s"}.
     """
     out = Path(output_dir)
     last = out / "last.pth"
     if not last.exists():
+        print(f"no {last} to resume from; starting at epoch 1")
         truncate_jsonl(out / "log.jsonl", 0)
         return 1, best_metric, 0
     ckpt = load_checkpoint(last)
+    saved = ckpt.get("args") or {}
+    for key, value in (expect or {}).items():
+        if saved.get(key) != value:
+            raise UserError(f"{last} holds a run with {key}={saved.get(key)}, not {value}; "
+                            "pick another --output-dir")
     try:
         unwrap_model(model).load_state_dict(ckpt["model"])
         for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):

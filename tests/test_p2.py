@@ -22,7 +22,15 @@ import p2_common
 import p2_inference
 import p2_train_deeplabv3
 import p2_train_fcn32s
-from utils import PALETTE, ConfusionMatrix, UserError, load_checkpoint, read_jsonl, read_mask
+from utils import (
+    PALETTE,
+    ConfusionMatrix,
+    UserError,
+    load_checkpoint,
+    lr_multiplier,
+    read_jsonl,
+    read_mask,
+)
 
 SAMPLE_IDS = ("0008", "0097", "0107", "0128")
 VAL_IDS = ("0013", "0062", "0104", "0107")  # the samples renamed so the snapshot ids exist
@@ -181,8 +189,8 @@ def test_losses_match_their_definitions():
 
 
 def test_lr_schedule_warmup_then_poly_or_cosine():
-    f = p2_common.lr_factor
-    assert [f(s, 10, 2) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    f = lr_multiplier
+    assert [f(s, 10, 2, "poly") for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
     assert f(6, 10, 2, "poly") == pytest.approx(0.5 ** 0.9)
     assert f(6, 10, 2, "cosine") == pytest.approx(0.5)
     assert f(10, 10, 2, "poly") == 0 and f(10, 10, 2, "cosine") == pytest.approx(0)
