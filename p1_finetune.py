@@ -20,8 +20,11 @@ it was loaded from.
     # all five in sequence -> results/p1_table.md and results/p1_table.json
     python3 p1_finetune.py --setting all --data-dir hw1_data/p1_data/office \\
         --backbone runs/byol/backbone.pth --sl-backbone hw1_data/p1_data/pretrain_model_SL.pt
-    # continue an interrupted run (from runs/p1_finetune/C/last.pth)
+    # continue an interrupted run (from runs/p1_finetune/C/last.pth); Ctrl-C or SIGTERM stops
+    # after the current step with exit 130 / 143 and last.pth = the last completed epoch
     python3 p1_finetune.py --setting C ... --resume
+    # 2 GPUs: the global --batch-size is split over the ranks (see utils.py, "distributed")
+    torchrun --nproc_per_node=2 p1_finetune.py --setting C ...
     # smoke test on CPU in seconds
     python3 p1_finetune.py --setting A --data-dir demo_data/p1_data/office --epochs 2 \\
         --batch-size 8 --image-size 32 --bank-size 40 --max-images 32 --output-dir /tmp/ft
@@ -114,6 +117,8 @@ def get_args_parser():
                      help="bf16 autocast on CUDA (no effect on CPU)")
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
     run.add_argument("--seed", default=0, type=int, help="weights, data order, augmentation")
+    run.add_argument("--deterministic", action="store_true",
+                     help="deterministic kernels: same --seed, bit-identical weights on CPU")
     run.add_argument("--max-images", default=None, type=int,
                      help="use only this many train (and val) images, for smoke runs")
     run.add_argument("--cache-dir", default=None, type=Path,
@@ -187,16 +192,27 @@ def sanity_check(model, source):
 def load_classifier(path, device):
     """Rebuild a Classifier from a checkpoint of this script alone
     -> (model in eval mode, the run's args, the checkpoint's epoch)."""
-    ckpt = utils.load_checkpoint(path, expect_keys=("model", "args"))
-    args = ckpt["args"] or {}
-    if "num_classes" not in args or "setting" not in args:
-        raise utils.UserError(f"{path} is not a p1_finetune.py checkpoint (its args have no "
-                              "setting/num_classes)")
+    ckpt = utils.load_checkpoint(path, expect_keys=())
+    args = (ckpt.get("args") if isinstance(ckpt, dict) else None) or {}
+    if not (isinstance(ckpt, dict) and "model" in ckpt and "num_classes" in args
+            and "setting" in args):
+        if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+            kind = "a bare state_dict (a backbone such as backbone.pth or pretrain_model_SL.pt)"
+        elif "ema_decay" in args or "projection_size" in args:
+            kind = "a BYOL pre-training checkpoint of p1_pretrain_byol.py (no classifier head)"
+        elif "model_name" in args:
+            kind = f"a Problem 2 {args['model_name']} checkpoint"
+        else:
+            kind = "a file whose args have no setting/num_classes"
+        raise utils.UserError(f"{path} is not a p1_finetune.py checkpoint but {kind}; pass a "
+                              "best.pth of p1_finetune.py (e.g. checkpoints/p1_C.pth)")
     model = Classifier(args["num_classes"])
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise utils.UserError(f"{path} does not fit the classifier ({str(e)[:200]})") from None
+        raise utils.UserError(f"{path} does not fit the classifier its args describe "
+                              f"({utils.first_line(e, 120)}); train or download it again"
+                              ) from None
     device = torch.device(device)
     model.to(device, memory_format=utils.memory_format(device)).eval()
     return model, args, ckpt.get("epoch")
@@ -213,6 +229,10 @@ def office_dir(data_dir):
 def load_office(data_dir, split, bank_size, device, cache_dir=None, max_images=None, seed=0):
     """Office-Home split -> (ImageBank (N, 3, s, s) uint8 on `device`, labels (N,) int64)."""
     data_dir = office_dir(data_dir)
+    if not (data_dir / f"{split}.csv").is_file():
+        raise utils.UserError(f"{data_dir} has no {split}.csv; --data-dir must be the "
+                              "Office-Home folder with train.csv, val.csv, train/ and val/ "
+                              "(run `bash hw1_download.sh`)")
     rows = utils.read_office_csv(data_dir / f"{split}.csv", data_dir / split)
     if max_images is not None and max_images < len(rows):
         keep = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
@@ -223,11 +243,12 @@ def load_office(data_dir, split, bank_size, device, cache_dir=None, max_images=N
 
 
 @torch.no_grad()
-def run_batches(fn, bank, transform, batch_size, device, amp=True):
-    """fn(transform(images)) over a whole bank in order, batch by batch -> (N, ...) float32."""
+def run_batches(fn, bank, transform, batch_size, device, amp=True, shard=(0, 1)):
+    """fn(transform(images)) over a whole bank in order, batch by batch -> (N, ...) float32.
+    shard=(rank, world_size): only the rows rank, rank + world_size, ... (sharded validation)."""
     outs = []
     for idx in utils.index_batches(len(bank), batch_size, shuffle=False, drop_last=False,
-                                   device=bank.device):
+                                   device=bank.device, rank=shard[0], world_size=shard[1]):
         x = transform(bank.batch(idx).to(device, non_blocking=True))
         with utils.autocast(device, amp):
             outs.append(fn(x.contiguous(memory_format=utils.memory_format(device))).float())
@@ -235,41 +256,72 @@ def run_batches(fn, bank, transform, batch_size, device, amp=True):
 
 
 def evaluate(model, bank, labels, args, device):
+    """Top-1 accuracy over the whole split. Under torchrun each rank scores its share of the
+    images (with the plain model: no collective inside) and the counts are summed."""
     model.eval()
     view = utils.ClassificationAugment(args.image_size, train=False)
-    logits = run_batches(model, bank, view, args.eval_batch_size, device, args.amp)
-    return (logits.argmax(1) == labels.to(logits.device)).float().mean().item()
+    shard = (utils.rank(), utils.world_size())
+    logits = run_batches(model, bank, view, args.eval_batch_size, device, args.amp, shard)
+    correct = (logits.argmax(1) == labels[shard[0]::shard[1]].to(logits.device)).sum()
+    return utils.all_reduce(correct).item() / len(labels)
 
 
 # ---------------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------------
-def train_one_epoch(model, bank, labels, augment, optimizer, scheduler, args, device, epoch):
+def build_augment(args):
+    """Training views: random-resized crop (area min_scale..1) to image_size, flip, colour
+    jitter with p=0.8; under torchrun each rank keeps its share of the global batch's draws."""
+    augment = utils.ClassificationAugment(args.image_size, scale=(args.min_scale, 1.0),
+                                          jitter=(0.2, 0.2, 0.2, 0.05), p_jitter=0.8)
+    augment.shard = (utils.rank(), utils.world_size())
+    return augment
+
+
+def train_step(model, x, y, optimizer, scheduler, args, device):
+    """One optimizer step on a prepared batch x (B, 3, S, S), y (B,) -> (loss, number of correct
+    predictions), both still on the device (no host sync)."""
+    with utils.autocast(device, args.amp):
+        logits = model(x)  # (B, num_classes)
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=args.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.detach(), (logits.argmax(1) == y).sum()
+
+
+def train_one_epoch(model, bank, labels, augment, optimizer, scheduler, args, device, epoch,
+                    stop=None):
+    """-> (mean loss, accuracy, images seen) of one epoch over all ranks. Data order and
+    augmentations come from (seed, epoch) alone, so --resume replays the epoch; under torchrun
+    each rank takes its share of the global --batch-size."""
     model.train()
     fmt = utils.memory_format(device)
     # summed on the device; one host sync per epoch instead of one per step
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
-    gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch)  # same order on resume
-    batches = utils.index_batches(len(bank), args.batch_size, generator=gen, device=bank.device)
+    order, augment.generator = utils.epoch_generators(args.seed, epoch, bank.device)
+    batches = utils.index_batches(len(bank), utils.shard_batch(args.batch_size), generator=order,
+                                  device=bank.device, rank=utils.rank(),
+                                  world_size=utils.world_size())
     for idx in tqdm(batches, total=len(bank) // args.batch_size, leave=False,
-                    desc=f"{args.setting} epoch {epoch}"):
+                    desc=f"{args.setting} epoch {epoch}", disable=not utils.is_main_process()):
         x = augment(bank.batch(idx)).to(device).contiguous(memory_format=fmt)  # (B, 3, S, S)
-        y = labels[idx].to(device)
-        with utils.autocast(device, args.amp):
-            logits = model(x)  # (B, num_classes)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=args.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        loss_sum += loss.detach() * len(idx)
-        correct += (logits.argmax(1) == y).sum()
+        loss, right = train_step(model, x, labels[idx].to(device), optimizer, scheduler, args,
+                                 device)
+        loss_sum += loss * len(idx)
+        correct += right
         seen += len(idx)
-    loss = loss_sum.item() / max(seen, 1)
+        if stop:
+            stop.check(epoch - 1)
+    totals = torch.stack([loss_sum.double(), correct.double(),
+                          torch.tensor(float(seen), dtype=torch.float64, device=device)])
+    loss_sum, correct, seen = utils.all_reduce(totals).tolist()
+    loss = loss_sum / max(seen, 1)
     utils.check_finite(loss, epoch, "end")
-    return loss, correct.item() / max(seen, 1), seen
+    return loss, correct / max(seen, 1), int(seen)
 
 
 def backbone_source(args):
@@ -299,16 +351,16 @@ def build_optimizer(model, args):
         return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True,
                                weight_decay=args.weight_decay)
     return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay,
-                             fused=head[0].is_cuda)
+                             fused=utils.fused_optimizer(head[0].device))
 
 
 def run_setting(args):
-    """Train one setting; returns its row of the results table."""
-    device = utils.get_device(args.device)
+    """Train one setting; returns its row of the results table (None on ranks other than 0)."""
+    device = utils.init_distributed(utils.get_device(args.device))  # this rank's, under torchrun
     utils.setup_precision(device)
-    utils.seed_everything(args.seed)
-    out = utils.prepare_output_dir(args.output_dir / args.setting, args, args.resume,
-                                   args.overwrite)
+    utils.seed_everything(args.seed, args.deterministic)
+    out = utils.on_main_process(utils.prepare_output_dir, args.output_dir / args.setting, args,
+                                args.resume, args.overwrite)
     init, frozen = SETTINGS[args.setting]
     source = backbone_source(args)
     print(f"== setting {args.setting}: backbone {DESCRIPTION[init]}"
@@ -325,8 +377,7 @@ def run_setting(args):
     if len(train_bank) < args.batch_size:
         raise utils.UserError(f"only {len(train_bank)} training images for --batch-size "
                               f"{args.batch_size}; lower it")
-    augment = utils.ClassificationAugment(args.image_size, scale=(args.min_scale, 1.0),
-                                          jitter=(0.2, 0.2, 0.2, 0.05), p_jitter=0.8)
+    augment = build_augment(args)
 
     # ---- model, optimizer, schedule
     model = Classifier(args.num_classes, freeze_backbone=frozen)
@@ -346,33 +397,44 @@ def run_setting(args):
                                                              best_acc)
     if args.compile:
         model.compile()
+    # DistributedDataParallel under torchrun (validation uses the plain model)
+    step_model = utils.distribute_model(model, device)
 
-    # ---- loop
-    for epoch in range(start_epoch, args.epochs + 1):
-        t0 = time.perf_counter()
-        loss, train_acc, seen = train_one_epoch(model, train_bank, train_y, augment, optimizer,
-                                                scheduler, args, device, epoch)
-        seconds = time.perf_counter() - t0
-        val_acc = evaluate(model, val_bank, val_y, args, device)
-        record = {"epoch": epoch, "train_loss": loss, "train_acc": train_acc, "val_acc": val_acc,
-                  "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / seconds,
-                  "seconds": seconds}
-        utils.append_jsonl(out / "log.jsonl", record)
-        print(f"[{args.setting}] epoch {epoch}/{args.epochs} loss {loss:.4f} train acc "
-              f"{train_acc:.4f} val acc {val_acc:.4f} | {seen / seconds:.0f} img/s")
-        if val_acc > best_acc:
-            best_acc, best_epoch = val_acc, epoch
-            utils.save_checkpoint(out / "best.pth", model, epoch=epoch, best_metric=val_acc,
-                                  args=args)
-        if epoch == 1:
-            utils.save_checkpoint(out / "epoch_first.pth", model, epoch=epoch, args=args)
-        utils.save_checkpoint(out / "last.pth", model, optimizer, scheduler, epoch=epoch,
-                              best_metric=best_acc, args=args, best_epoch=best_epoch)
-        utils.plot_curves(utils.read_jsonl(out / "log.jsonl"), ["train_loss", "train_acc",
-                          "val_acc"], out / "curves.png", title=f"setting {args.setting}")
+    # ---- loop: train, validate, then rank 0 logs and saves; a signal stops after a step
+    with utils.StopOnSignal(out) as stop:
+        for epoch in range(start_epoch, args.epochs + 1):
+            t0 = time.perf_counter()
+            loss, train_acc, seen = train_one_epoch(step_model, train_bank, train_y, augment,
+                                                    optimizer, scheduler, args, device, epoch,
+                                                    stop)
+            seconds = time.perf_counter() - t0
+            val_acc = evaluate(model, val_bank, val_y, args, device)
+            is_best = val_acc > best_acc
+            if is_best:
+                best_acc, best_epoch = val_acc, epoch
+            if utils.is_main_process():
+                record = {"epoch": epoch, "train_loss": loss, "train_acc": train_acc,
+                          "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
+                          "images_per_s": seen / seconds, "seconds": seconds}
+                utils.append_jsonl(out / "log.jsonl", record)
+                print(f"[{args.setting}] epoch {epoch}/{args.epochs} loss {loss:.4f} train acc "
+                      f"{train_acc:.4f} val acc {val_acc:.4f} | {seen / seconds:.0f} img/s")
+                if is_best:
+                    utils.save_checkpoint(out / "best.pth", model, epoch=epoch,
+                                          best_metric=val_acc, args=args)
+                if epoch == 1:
+                    utils.save_checkpoint(out / "epoch_first.pth", model, epoch=epoch, args=args)
+                utils.save_checkpoint(out / "last.pth", model, optimizer, scheduler, epoch=epoch,
+                                      best_metric=best_acc, args=args, best_epoch=best_epoch)
+                utils.plot_curves(utils.read_jsonl(out / "log.jsonl"), ["train_loss",
+                                  "train_acc", "val_acc"], out / "curves.png",
+                                  title=f"setting {args.setting}")
+            stop.check(epoch)
 
     if frozen:
         sanity_check(model, source)
+    if not utils.is_main_process():
+        return None
     records = utils.read_jsonl(out / "log.jsonl")
     if not records:
         raise utils.UserError(f"{out} has no finished epoch; is --epochs 0?")
@@ -410,8 +472,10 @@ def main(args):
     table = None
     for setting in settings:
         row = run_setting(argparse.Namespace(**{**vars(args), "setting": setting}))
-        table = update_results_table(args.results_dir, row)
-    print((args.results_dir / "p1_table.md").read_text())
+        if row is not None:  # rank 0 (all of them in one process) writes the table
+            table = update_results_table(args.results_dir, row)
+    if table is not None:
+        print((args.results_dir / "p1_table.md").read_text())
     return table
 
 

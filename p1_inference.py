@@ -6,20 +6,24 @@
         --checkpoint runs/p1_finetune/C/best.pth
 
 Input: a csv with header id,filename,label (label may be `None` or empty, file names need not
-carry a label, e.g. 0000.jpg). Output: the same rows in the same order with header
-id,filename,label, the input's id, the bare file name and the predicted integer label; its
-folder is created if missing.
+carry a label, e.g. 0000.jpg; a row listed twice is predicted twice, with a warning). Output:
+the same rows in the same order with header id,filename,label, the input's id, the bare file
+name and the predicted integer label; its folder is created if missing, and nothing else in it
+is touched. The csv is written atomically (temp file + os.replace): it is whole or absent.
 
 The model is rebuilt from the checkpoint's args alone (p1_finetune.py checkpoints): by default
 checkpoints/p1_C.pth (fetched by hw1_download.sh), or $HW1_P1_CHECKPOINT when set, or
---checkpoint. Images are loaded exactly as at validation during training: resized to the
-run's --bank-size square, then to its --image-size, ImageNet normalisation; batches run in
-bf16 on a GPU. Nothing is downloaded.
+--checkpoint. Every setting (A-E) shares the model, so any setting's checkpoint works (a note
+says which one it is); a BYOL checkpoint (pre-training only) or a Problem 2 one is refused.
+Images are loaded exactly as at validation during training: any mode (grayscale, RGBA,
+16-bit, CMYK) as RGB, resized to the run's --bank-size square, then to its --image-size,
+ImageNet normalisation; batches run in bf16 on a GPU. Nothing is downloaded.
 
 An image that cannot be read (missing, truncated, not an image) does not stop the others: the
 rows of every readable image are written, the unreadable ones are listed at the end and the
 exit status is 1, so a caller sees that the output is incomplete rather than finding made-up
-labels in it.
+labels in it. Mistakes (missing csv, folder or checkpoint, unwritable output) end in one
+line naming the path; HW1_DEBUG=1 adds the traceback.
 """
 
 import argparse
@@ -88,8 +92,19 @@ def write_predictions(path, rows):
 def main(args):
     device = utils.get_device(args.device)
     utils.setup_precision(device)
+    # the inputs and the output first: a mistake there costs no model loading
+    rows = utils.read_office_csv(args.csv, require_labels=False, duplicates="warn")
+    if not args.image_dir.is_dir():
+        raise utils.UserError(f"image folder {args.image_dir} does not exist; pass the folder "
+                              f"that holds the images listed in {args.csv}")
+    if args.output.is_dir():
+        raise utils.UserError(f"--output {args.output} is a folder; pass the path of the csv "
+                              f"file to write, e.g. {args.output / 'pred.csv'}")
+    utils.writable_dir(args.output.parent, "--output")
     model, margs, _ = load_classifier(args.checkpoint, device)
-    rows = utils.read_office_csv(args.csv, require_labels=False)
+    if margs["setting"] != "C":
+        print(f"note: {args.checkpoint} is a setting {margs['setting']} checkpoint (every "
+              "setting has the same model; hw1_1.sh is meant for setting C)", file=sys.stderr)
     bank, good, bad = load_images([args.image_dir / r["filename"] for r in rows],
                                   margs["bank_size"])
     preds = []
@@ -103,9 +118,10 @@ def main(args):
           f"{args.checkpoint})")
     if bad:
         for _, reason in bad:
-            print(f"unreadable: {reason}", file=sys.stderr)
+            print(f"skipped: {reason}", file=sys.stderr)
         raise utils.UserError(f"{len(bad)} of {len(rows)} image(s) could not be read (listed "
-                              f"above); {args.output} holds the other {len(good)} rows")
+                              f"above, e.g. {bad[0][0].name}); {args.output} holds the other "
+                              f"{len(good)} rows")
     return args.output
 
 

@@ -20,8 +20,10 @@ there (utils.ClassificationAugment), so no DataLoader workers are involved.
     # smoke test on CPU in seconds
     python3 p1_pretrain_byol.py --data-dir demo_data/p1_data/mini/train --output-dir /tmp/byol \\
         --epochs 2 --batch-size 8 --image-size 32 --max-images 32 --projection-hidden-size 256
-    # throughput of our pipeline vs a seed-style one (PIL + DataLoader, fp32); writes nothing
-    python3 p1_pretrain_byol.py --data-dir hw1_data/p1_data/mini/train --benchmark-steps 10
+    # on 4 GPUs (global batch 256 = 4 x 64, SyncBatchNorm; see utils.py "distributed")
+    torchrun --nproc_per_node=4 p1_pretrain_byol.py --data-dir hw1_data/p1_data/mini/train \
+        --output-dir runs/byol
+    # throughput of this pipeline against a seed-style one: bench.py --only byol
 
 Outputs in --output-dir: args.json; log.jsonl (per epoch: loss, lr, ema_decay, images_per_s,
 seconds, knn_acc when probed); loss.png; last.pth (learner incl. target encoder and predictor,
@@ -36,15 +38,22 @@ byol-pytorch's per-parameter re-allocation. Like byol-pytorch, BatchNorm buffers
 averaged: the target runs in train mode, normalises with batch statistics, and its running
 stats only track its own inputs; they are never used for the loss, and backbone.pth comes
 from the online network. d is --ema-decay, or with --ema-schedule cosine it rises from
---ema-decay to 1 over training (BYOL paper: 1 - (1 - d0)(cos(pi k / K) + 1) / 2).
+--ema-decay to 1 over training (BYOL paper: 1 - (1 - d0)(cos(pi k / K) + 1) / 2). Under
+torchrun every rank applies the same update to the same (DDP-synchronised) online weights, so
+the targets stay identical without any communication.
+
+Ctrl-C or SIGTERM stops after the current step (exit 130 / 143); last.pth holds the last
+completed epoch and --resume redoes the interrupted one (utils.StopOnSignal).
 """
 
 import argparse
+import contextlib
 import io
 import math
 import time
 from pathlib import Path
 
+import byol_pytorch.byol_pytorch as byol_lib
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -122,17 +131,14 @@ def get_args_parser():
     run.add_argument("--compile", action="store_true",
                      help="torch.compile the encoders and the predictor")
     run.add_argument("--seed", default=0, type=int, help="weights, data order, augmentation")
+    run.add_argument("--deterministic", action="store_true",
+                     help="deterministic kernels: same --seed, bit-identical weights on CPU")
     run.add_argument("--max-images", default=None, type=int,
                      help="a random subset of this many images, for smoke runs")
     run.add_argument("--cache-dir", default=None, type=Path,
                      help="keep decoded image banks here (re-decoded when files change)")
     run.add_argument("--log-every", default=50, type=int,
                      help="show the running loss every N steps (one host sync each)")
-    run.add_argument("--benchmark-steps", default=0, type=int,
-                     help="only measure images/s of N training steps, ours vs the seed-style "
-                     "baseline, and exit (writes nothing)")
-    run.add_argument("--workers", default=4, type=int,
-                     help="DataLoader workers of the seed-style baseline (--benchmark-steps)")
     return parser
 
 
@@ -167,15 +173,37 @@ def build_views(aug, image_size, device):
     return tuple(View(utils.ClassificationAugment(image_size, **kw), fmt) for kw in VIEWS[aug])
 
 
+@contextlib.contextmanager
+def plain_batchnorm():
+    """byol-pytorch makes the BatchNorm of its projector and predictor an nn.SyncBatchNorm by
+    itself whenever a process group exists, and runs a forward inside BYOL.__init__, which
+    nn.SyncBatchNorm refuses on CPU. Build with plain BatchNorm1d instead; under torchrun
+    utils.distribute_model then converts every BatchNorm of the learner (ResNet, projector,
+    predictor, target) the same way on CPU and CUDA."""
+    saved = byol_lib.MaybeSyncBatchnorm
+    byol_lib.MaybeSyncBatchnorm = lambda is_distributed=None: torch.nn.BatchNorm1d
+    try:
+        yield
+    finally:
+        byol_lib.MaybeSyncBatchnorm = saved
+
+
 def build_learner(args, device, views=None):
     """BYOL around resnet50(weights=None); views=None keeps byol-pytorch's default augmentation.
-    BYOL's __init__ runs one mock forward (2 random images), which also creates the target."""
+    BYOL's __init__ runs one mock forward (2 random images), which also creates the target.
+
+    The ResNet's fc is not on BYOL's path (the hidden layer is avgpool), so it never gets a
+    gradient: it is frozen, which lets DistributedDataParallel expect none (AdamW skipped it
+    anyway; backbone.pth still holds it, at its initial values)."""
     net = torchvision.models.resnet50(weights=None).to(device)
-    learner = BYOL(net, image_size=args.image_size, hidden_layer="avgpool",
-                   projection_size=args.projection_size,
-                   projection_hidden_size=args.projection_hidden_size,
-                   augment_fn=views[0] if views else None, augment_fn2=views[1] if views else None,
-                   moving_average_decay=args.ema_decay, use_simplicial_embeddings=False)
+    net.fc.requires_grad_(False)
+    with plain_batchnorm():
+        learner = BYOL(net, image_size=args.image_size, hidden_layer="avgpool",
+                       projection_size=args.projection_size,
+                       projection_hidden_size=args.projection_hidden_size,
+                       augment_fn=views[0] if views else None,
+                       augment_fn2=views[1] if views else None,
+                       moving_average_decay=args.ema_decay, use_simplicial_embeddings=False)
     return learner.to(device, memory_format=utils.memory_format(device))
 
 
@@ -183,7 +211,7 @@ def build_optimizer(learner, args, steps_per_epoch):
     params = [p for p in learner.parameters() if p.requires_grad]  # the target has none
     # fused: one kernel for the whole update on CUDA
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay,
-                                  fused=params[0].is_cuda)
+                                  fused=utils.fused_optimizer(params[0].device))
     scheduler = utils.make_lr_scheduler(optimizer, args.schedule, args.epochs * steps_per_epoch,
                                         round(args.warmup_epochs * steps_per_epoch))
     return optimizer, scheduler
@@ -209,14 +237,15 @@ def update_target(learner, decay):
 
 def train_step(learner, x, optimizer, scheduler, decay, device, amp=True):
     """One BYOL step on a uint8 batch (B, 3, H, W) on the device -> the loss, still on the device.
-    BYOL.forward augments x twice itself and runs 2B images through each encoder."""
+    BYOL.forward augments x twice itself and runs 2B images through each encoder. `learner` may
+    be wrapped in DistributedDataParallel; the EMA acts on the plain learner."""
     with utils.autocast(device, amp):
         loss = learner(x)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     scheduler.step()
-    update_target(learner, decay)
+    update_target(utils.unwrap_model(learner), decay)
     return loss.detach()
 
 
@@ -254,113 +283,38 @@ def knn_probe(learner, banks, args, device):
 
 
 # ---------------------------------------------------------------------------------------------
-# throughput: ours vs a seed-style pipeline
-# ---------------------------------------------------------------------------------------------
-def _forever(make_batches):
-    while True:
-        yield from make_batches()
-
-
-def _images_per_s(step, batches, steps, batch_size, device, warmup=2):
-    for _ in range(warmup):
-        step(next(batches))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        last = step(next(batches))
-    float(last)  # wait for the device
-    return steps * batch_size / (time.perf_counter() - t0)
-
-
-def _bench_ours(args, paths, device, steps):
-    bank = utils.ImageBank.from_paths(paths, size=args.bank_size, cache_dir=args.cache_dir)
-    bank.to(device)
-    learner = build_learner(args, device, build_views(args.aug, args.image_size, device))
-    optimizer, scheduler = build_optimizer(learner, args, len(bank) // args.batch_size)
-    batches = _forever(lambda: (bank.batch(i) for i in utils.index_batches(len(bank),
-                                                                           args.batch_size)))
-    step = lambda x: train_step(learner, x, optimizer, scheduler, args.ema_decay, device, args.amp)
-    return _images_per_s(step, batches, steps, args.batch_size, device)
-
-
-def _bench_seed(args, paths, device, steps):
-    import torchvision.transforms as T
-
-    size = args.image_size
-    transform = T.Compose([T.Resize((size, size)), T.RandomResizedCrop(size),
-                           T.RandomHorizontalFlip(), T.ColorJitter(0.2, 0.2, 0.2, 0.2),
-                           T.ToTensor(), T.Normalize(utils.IMAGENET_MEAN, utils.IMAGENET_STD)])
-    loader = torch.utils.data.DataLoader(
-        utils.ImageListDataset(paths, transform=transform), batch_size=args.batch_size,
-        shuffle=True, num_workers=args.workers, drop_last=True,
-        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
-    learner = build_learner(args, device)  # byol-pytorch's default augmentation
-    optimizer = torch.optim.AdamW(learner.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-
-    def step(x):
-        loss = learner(x.to(device))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        learner.update_moving_average()
-        return loss.item()
-
-    return _images_per_s(step, _forever(lambda: iter(loader)), steps, args.batch_size, device)
-
-
-def benchmark(args, steps=None):
-    """Images/s of N BYOL training steps (after 2 warm-up steps), same model, batch and size:
-    ours: uint8 bank on the device, per-sample on-device views, bf16 autocast on CUDA, in-place
-          EMA, no per-step sync (the bank is decoded before timing, as in training);
-    seed: PIL transforms (the report's list) in DataLoader workers, then byol-pytorch's default
-          augmentation on the batch, fp32, the library's EMA, loss.item() every step.
-    Returns {"ours": images/s, "seed": images/s, "ratio": ours / seed}."""
-    steps = steps or args.benchmark_steps
-    device = utils.get_device(args.device)
-    utils.setup_precision(device)
-    utils.seed_everything(args.seed)
-    paths = mini_paths(args)
-    if len(paths) < args.batch_size:
-        raise utils.UserError(f"{len(paths)} images for --batch-size {args.batch_size}; lower it")
-    result = {"ours": _bench_ours(args, paths, device, steps)}
-    result["seed"] = _bench_seed(args, paths, device, steps)
-    result["ratio"] = result["ours"] / result["seed"]
-    print(f"{device} | batch {args.batch_size} | {args.image_size} px | {steps} steps: ours "
-          f"{result['ours']:.1f} img/s, seed-style {result['seed']:.1f} img/s, "
-          f"ratio {result['ratio']:.2f}x")
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------
 def main(args):
-    if args.benchmark_steps:
-        return benchmark(args)
     if args.batch_size < 2:
         raise utils.UserError("--batch-size must be at least 2 (BatchNorm in the projector)")
     if args.knn_every and args.knn_data is None:
         raise utils.UserError("--knn-every needs --knn-data OFFICE_DIR (train.csv + val.csv)")
-    device = utils.get_device(args.device)
+    device = utils.init_distributed(utils.get_device(args.device))  # this rank's, under torchrun
+    rank_batch = utils.shard_batch(args.batch_size)  # --batch-size is the global batch
     utils.setup_precision(device)
-    utils.seed_everything(args.seed)
-    out = utils.prepare_output_dir(args.output_dir, args, args.resume, args.overwrite)
+    utils.seed_everything(args.seed, args.deterministic)
+    out = utils.on_main_process(utils.prepare_output_dir, args.output_dir, args, args.resume,
+                                args.overwrite)
 
     # ---- data: the whole folder as one uint8 bank on the training device
     bank = utils.ImageBank.from_paths(mini_paths(args), size=args.bank_size,
-                                      cache_dir=args.cache_dir, progress=True).to(device)
+                                      cache_dir=args.cache_dir, progress=True,
+                                      size_flag="--bank-size").to(device)
     if len(bank) < args.batch_size:
         raise utils.UserError(f"{len(bank)} images for --batch-size {args.batch_size}; lower it")
     steps_per_epoch = len(bank) // args.batch_size
     total_steps = args.epochs * steps_per_epoch
     banks = None
-    if args.knn_every:
+    if args.knn_every and utils.is_main_process():  # rank 0 alone probes and logs
         banks = [load_office(args.knn_data, split, args.image_size, device, args.cache_dir)
                  for split in ("train", "val")]
 
     # ---- learner, optimizer
-    learner = build_learner(args, device, build_views(args.aug, args.image_size, device))
+    views = build_views(args.aug, args.image_size, device)
+    learner = build_learner(args, device, views)
+    for view in views:  # after BYOL's mock forward, which must draw as in one process (the
+        view.augment.shard = (utils.rank(), utils.world_size())  # projector is made after it)
     optimizer, scheduler = build_optimizer(learner, args, steps_per_epoch)
     print(f"{len(bank)} images of {tuple(bank.images.shape[1:])}, {steps_per_epoch} steps/epoch")
     utils.print_run_header(args, device, args.batch_size, args.lr)
@@ -373,46 +327,62 @@ def main(args):
     if args.compile:  # in place: state_dict keys and the avgpool hook stay as they are
         for module in (learner.online_encoder, learner.target_encoder, learner.online_predictor):
             module.compile()
+    model = utils.distribute_model(learner, device)  # DDP + SyncBatchNorm under torchrun
 
-    # ---- loop
-    for epoch in range(start_epoch, args.epochs + 1):
-        learner.train()
-        gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch)  # same order on resume
-        batches = utils.index_batches(len(bank), args.batch_size, generator=gen, device=bank.device)
-        loss_sum = torch.zeros((), device=device)  # summed on the device, synced once per epoch
-        t0 = time.perf_counter()
-        bar = tqdm(batches, total=steps_per_epoch, leave=False, desc=f"epoch {epoch}")
-        for step, idx in enumerate(bar):
-            decay = ema_decay((epoch - 1) * steps_per_epoch + step, total_steps, args.ema_decay,
-                              args.ema_schedule)
-            loss_sum += train_step(learner, bank.batch(idx), optimizer, scheduler, decay, device,
-                                   args.amp)
-            if args.log_every and (step + 1) % args.log_every == 0:
-                bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4f}")
-        loss = loss_sum.item() / steps_per_epoch
-        seconds = time.perf_counter() - t0
-        utils.check_finite(loss, epoch, steps_per_epoch)
-        record = {"epoch": epoch, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
-                  "ema_decay": decay, "images_per_s": steps_per_epoch * args.batch_size / seconds,
-                  "seconds": seconds}
-        if banks and (epoch % args.knn_every == 0 or epoch == args.epochs):
-            record["knn_acc"] = knn_probe(learner, banks, args, device)
-        utils.append_jsonl(out / "log.jsonl", record)
-        print(f"epoch {epoch}/{args.epochs} loss {loss:.4f} lr {record['lr']:.2e} ema {decay:.4f}"
-              f" | {record['images_per_s']:.1f} img/s, {seconds:.1f} s"
-              + (f" | knn acc {record['knn_acc']:.4f}" if "knn_acc" in record else ""))
+    # ---- loop: a signal stops after the current step (last.pth = last completed epoch)
+    with utils.StopOnSignal(out) as stop:
+        for epoch in range(start_epoch, args.epochs + 1):
+            model.train()
+            order, views_rng = utils.epoch_generators(args.seed, epoch, device)  # replayable
+            for view in views:
+                view.augment.generator = views_rng
+            batches = utils.index_batches(len(bank), rank_batch, generator=order,
+                                          device=bank.device, rank=utils.rank(),
+                                          world_size=utils.world_size())
+            loss_sum = torch.zeros((), device=device)  # summed on the device, synced once an epoch
+            t0 = time.perf_counter()
+            bar = tqdm(batches, total=steps_per_epoch, leave=False, desc=f"epoch {epoch}",
+                       disable=not utils.is_main_process())
+            for step, idx in enumerate(bar):
+                decay = ema_decay((epoch - 1) * steps_per_epoch + step, total_steps,
+                                  args.ema_decay, args.ema_schedule)
+                loss_sum += train_step(model, bank.batch(idx), optimizer, scheduler, decay,
+                                       device, args.amp)
+                if stop:
+                    stop.check(epoch - 1)
+                if args.log_every and (step + 1) % args.log_every == 0:
+                    bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4f}")
+            loss = utils.all_reduce(loss_sum, mean=True).item() / steps_per_epoch
+            seconds = time.perf_counter() - t0
+            utils.check_finite(loss, epoch, steps_per_epoch)
+            is_best = loss < best_loss
+            if is_best:
+                best_loss, best_epoch = loss, epoch
+            if utils.is_main_process():
+                record = {"epoch": epoch, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
+                          "ema_decay": decay,
+                          "images_per_s": steps_per_epoch * args.batch_size / seconds,
+                          "seconds": seconds}
+                if banks and (epoch % args.knn_every == 0 or epoch == args.epochs):
+                    record["knn_acc"] = knn_probe(learner, banks, args, device)
+                utils.append_jsonl(out / "log.jsonl", record)
+                print(f"epoch {epoch}/{args.epochs} loss {loss:.4f} lr {record['lr']:.2e} "
+                      f"ema {decay:.4f} | {record['images_per_s']:.1f} img/s, {seconds:.1f} s"
+                      + (f" | knn acc {record['knn_acc']:.4f}" if "knn_acc" in record else ""))
+                if is_best:
+                    utils.save_checkpoint(out / "best.pth", learner, epoch=epoch,
+                                          best_metric=loss, args=args)
+                    if args.export == "best":
+                        save_backbone(learner.net, out / "backbone.pth")
+                utils.save_checkpoint(out / "last.pth", learner, optimizer, scheduler,
+                                      epoch=epoch, best_metric=best_loss, args=args,
+                                      best_epoch=best_epoch)
+                utils.plot_curves(utils.read_jsonl(out / "log.jsonl"), ["loss", "knn_acc"],
+                                  out / "loss.png", title="BYOL pre-training")
+            stop.check(epoch)
 
-        if loss < best_loss:
-            best_loss, best_epoch = loss, epoch
-            utils.save_checkpoint(out / "best.pth", learner, epoch=epoch, best_metric=loss,
-                                  args=args)
-            if args.export == "best":
-                save_backbone(learner.net, out / "backbone.pth")
-        utils.save_checkpoint(out / "last.pth", learner, optimizer, scheduler, epoch=epoch,
-                              best_metric=best_loss, args=args, best_epoch=best_epoch)
-        utils.plot_curves(utils.read_jsonl(out / "log.jsonl"), ["loss", "knn_acc"],
-                          out / "loss.png", title="BYOL pre-training")
-
+    if not utils.is_main_process():
+        return out
     if args.export == "last" or not (out / "backbone.pth").exists():
         save_backbone(learner.net, out / "backbone.pth")
     print(f"lowest loss {best_loss:.4f} at epoch {best_epoch}; backbone.pth is the "

@@ -9,6 +9,14 @@ own flags and a call to `train(args, build_model)`; p2_inference.py uses `predic
     python p2_train_deeplabv3.py --data-dir hw1_data/p2_data --output-dir /tmp/smoke \
         --overwrite --arch mobilenet_v3_large --no-pretrained --epochs 2 --max-train 16 \
         --max-val 8 --image-size 128
+    # 4 GPUs: --batch-size stays the global batch (4 x 4 here), BatchNorm is synchronised,
+    # validation is sharded and summed, rank 0 writes (utils.py, "distributed")
+    torchrun --nproc_per_node=4 p2_train_deeplabv3.py --data-dir hw1_data/p2_data \
+        --output-dir runs/p2_deeplabv3 --batch-size 16
+
+Ctrl-C or SIGTERM stops a run after the current step (exit 130 / 143, one line on how to
+resume); last.pth holds the last completed epoch and --resume redoes the interrupted one with
+the same data order and augmentations (utils.StopOnSignal, utils.epoch_generators).
 
 A run directory holds:
     args.json, log.jsonl      the flags; one JSON line per epoch (train_loss, val_miou, val_iou
@@ -45,25 +53,37 @@ from utils import (
     ConfusionMatrix,
     ImageBank,
     SegmentationAugment,
+    StopOnSignal,
     UserError,
+    all_reduce,
     append_jsonl,
     autocast,
     check_finite,
+    distribute_model,
+    epoch_generators,
+    fused_optimizer,
     get_device,
     index_batches,
+    init_distributed,
+    is_main_process,
     list_sat_pairs,
     make_lr_scheduler,
     memory_format,
+    merge_across_ranks,
     normalize,
+    on_main_process,
     plot_curves,
     prepare_output_dir,
     print_run_header,
+    rank,
     read_jsonl,
     resume_run,
     save_checkpoint,
     seed_everything,
     setup_precision,
+    shard_batch,
     to_float,
+    world_size,
 )
 
 
@@ -129,6 +149,8 @@ def add_common_args(parser):
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the model (first epoch slower, later ones faster)")
     g.add_argument("--seed", type=int, default=0, help="seeds init, batch order, augmentation")
+    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=False,
+                   help="deterministic kernels: same --seed, bit-identical weights on CPU")
     g.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
                    help="start from pretrained weights (from the torch cache, filled by "
                         "`bash hw1_download.sh`); --no-pretrained: random init, nothing downloads")
@@ -237,7 +259,7 @@ def make_optimizer(model, args, device):
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": args.weight_decay},
               {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-    fused = device.type == "cuda"
+    fused = fused_optimizer(device)
     if args.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, fused=fused)
     return torch.optim.AdamW(groups, lr=args.lr, fused=fused)
@@ -270,18 +292,23 @@ def predict(model, images, device, amp=True, tta=False):
 @torch.no_grad()
 def evaluate(model, images, masks, batch_size, device, amp=True, keep=()):
     """Confusion matrix over a whole split (on `device`), and the uint8 CPU predictions of the
-    rows `keep` (for the snapshot figure) as {row: (H, W)}."""
+    rows `keep` (for the snapshot figure) as {row: (H, W)}.
+
+    Under torchrun each rank predicts its share of the rows (rank, rank + N, ...) with the plain
+    model, then the matrices are summed and the kept predictions gathered: every rank returns
+    the whole split's numbers."""
     model.eval()
     cm = ConfusionMatrix(device=device)
     kept = {}
-    for start in range(0, len(images), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(images)), device=images.device)
+    for idx in index_batches(len(images), batch_size, shuffle=False, drop_last=False,
+                             rank=rank(), world_size=world_size()):  # CPU row numbers
         pred = predict(model, images.batch(idx), device, amp)        # (b, H, W)
         cm.update(masks.batch(idx), pred)
-        for row in keep:
-            if start <= row < start + len(idx):
-                kept[row] = pred[row - start].to(torch.uint8).cpu()
-    return cm, kept
+        for i, row in enumerate(idx.tolist()):
+            if row in keep:
+                kept[row] = pred[i].to(torch.uint8).cpu()
+    all_reduce(cm.mat)
+    return cm, merge_across_ranks(kept)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,6 +371,16 @@ def redraw_snapshots(out, ids, images, truths, last_epoch, n_epochs):
 # ---------------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------------
+def build_augment(args):
+    """Joint image/mask augmentation of --augment (flips, quarter turns, scale-crops to
+    --image-size); under torchrun each rank keeps its share of the global batch's draws."""
+    augment = SegmentationAugment(size=args.image_size,
+                                  min_scale=args.min_scale if args.augment else 1.0,
+                                  p_flip=0.5 if args.augment else 0.0, rotate=args.augment)
+    augment.shard = (rank(), world_size())
+    return augment
+
+
 def train_step(model, optimizer, x, y, criterion, device, amp=True):
     """One optimizer step on a prepared batch; returns the loss as a device tensor (no sync)."""
     with autocast(device, amp):
@@ -356,24 +393,30 @@ def train_step(model, optimizer, x, y, criterion, device, amp=True):
 
 
 def train_one_epoch(model, optimizer, scheduler, images, masks, augment, criterion, batch_size,
-                    device, amp, epoch, seed, desc, log_every=20):
-    """Mean training loss of one epoch; the host reads the loss only every `log_every` steps."""
+                    device, amp, epoch, seed, desc, log_every=20, stop=None):
+    """Mean training loss of one epoch (over all ranks); the host reads the loss only every
+    `log_every` steps. `batch_size` is this rank's share of the global batch. The data order
+    and the augmentations come from (seed, epoch) alone, so --resume replays the epoch."""
     model.train()
-    generator = torch.Generator().manual_seed(seed + epoch)   # same order after --resume
-    steps = len(images) // batch_size
+    order, augment.generator = epoch_generators(seed, epoch, images.device)
+    steps = len(images) // (batch_size * world_size())
     total = torch.zeros((), device=device)
-    bar = tqdm(index_batches(len(images), batch_size, generator=generator, device=images.device),
-               total=steps, desc=desc, leave=False, dynamic_ncols=True)
+    batches = index_batches(len(images), batch_size, generator=order, device=images.device,
+                            rank=rank(), world_size=world_size())
+    bar = tqdm(batches, total=steps, desc=desc, leave=False, dynamic_ncols=True,
+               disable=not is_main_process())
     for step, idx in enumerate(bar, 1):
         x, y = augment(images.batch(idx), masks.batch(idx))   # (B, 3, S, S) float, (B, S, S) int64
         total += train_step(model, optimizer, x, y, criterion, device, amp)
         scheduler.step()
+        if stop:
+            stop.check(epoch - 1)
         if step % log_every == 0:
             value = (total / step).item()
             check_finite(value, epoch, step)
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
     bar.close()
-    return (total / max(1, steps)).item()
+    return all_reduce(total / max(1, steps), mean=True).item()
 
 
 def train(args, build_model):
@@ -381,15 +424,15 @@ def train(args, build_model):
 
     `build_model(cfg_dict, load_pretrained)` returns the model; args must carry model_name.
     """
-    device = get_device(args.device)
+    device = init_distributed(get_device(args.device))  # this rank's device under torchrun
     setup_precision(device)
-    seed_everything(args.seed)
+    seed_everything(args.seed, getattr(args, "deterministic", False))
     if args.output_dir is None:
         args.output_dir = Path("runs") / f"p2_{args.model_name}"
     if args.epochs < 1:
         raise UserError(f"--epochs must be at least 1, not {args.epochs}")
-    out = prepare_output_dir(args.output_dir, args, resume=args.resume, overwrite=args.overwrite)
-    log_path = out / "log.jsonl"
+    out = on_main_process(prepare_output_dir, args.output_dir, args, resume=args.resume,
+                          overwrite=args.overwrite)
     resuming = args.resume and (out / "last.pth").exists()
 
     # ---- data: both splits as uint8 banks on the training device -----------------------------
@@ -404,6 +447,7 @@ def train(args, build_model):
     if batch_size < 2:
         raise UserError(f"{data_dir / 'train'} gives batches of {batch_size} image(s); BatchNorm "
                         "needs at least 2 (raise --max-train or --batch-size)")
+    rank_batch = shard_batch(batch_size)  # under torchrun batch_size is the global batch
     steps_per_epoch = len(train_ids) // batch_size
     missing = [i for i in args.snapshot_ids if i not in val_ids]
     if missing:
@@ -436,57 +480,72 @@ def train(args, build_model):
         best = -math.inf if best is None else best
     print_run_header(args, device, batch_size, args.lr)
     print(f"{len(train_ids)} train / {len(val_ids)} val pairs, {steps_per_epoch} steps per epoch, "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
-    step_model = torch.compile(model) if args.compile else model
-    augment = SegmentationAugment(size=args.image_size,
-                                  min_scale=args.min_scale if args.augment else 1.0,
-                                  p_flip=0.5 if args.augment else 0.0, rotate=args.augment)
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters"
+          + (f", {world_size()} processes x {rank_batch} images" if world_size() > 1 else ""))
+    # DistributedDataParallel under torchrun; an aux head outside the loss gets no gradient
+    unused_aux = (getattr(model, "aux_classifier", None) is not None
+                  and getattr(args, "aux_weight", 0.0) <= 0)
+    ddp_model = distribute_model(model, device, find_unused_parameters=unused_aux)
+    step_model = torch.compile(ddp_model) if args.compile else ddp_model
+    eval_model = step_model if world_size() == 1 else model  # sharded validation: no collectives
+    augment = build_augment(args)
 
-    # ---- loop ----------------------------------------------------------------------------------
-    for epoch in range(start_epoch, args.epochs + 1):
-        torch.manual_seed(args.seed + epoch)  # augmentation and dropout draws repeat after --resume
-        t0 = time.time()
-        train_loss = train_one_epoch(step_model, optimizer, scheduler, train_x, train_y, augment,
-                                     criterion, batch_size, device, args.amp, epoch, args.seed,
-                                     desc=f"epoch {epoch}/{args.epochs}")
-        train_seconds = time.time() - t0  # .item() above synchronised the device
-        check_finite(train_loss, epoch, steps_per_epoch)
-        cm, kept = evaluate(step_model, val_x, val_y, args.val_batch_size, device, args.amp,
-                            snap_rows)
-        miou = cm.miou()
-        record = {"epoch": epoch, "train_loss": round(train_loss, 6),
-                  "val_miou": None if math.isnan(miou) else round(miou, 6),
-                  "val_pixel_acc": round(cm.pixel_accuracy(), 6), "val_iou": cm.per_class(),
-                  "lr": scheduler.get_last_lr()[0],
-                  "train_images_per_s": round(steps_per_epoch * batch_size / train_seconds, 2),
-                  "seconds": round(time.time() - t0, 1)}
-        append_jsonl(log_path, record)
-        is_best = not math.isnan(miou) and miou > best
-        best = miou if is_best else best
-        if snap_rows:
-            (out / "snapshots").mkdir(exist_ok=True)
-            np.savez_compressed(out / "snapshots" / f"epoch_{epoch:03d}.npz",
-                                ids=np.array(snap_ids),
-                                preds=torch.stack([kept[r] for r in snap_rows]).numpy())
-        if is_best:
-            save_checkpoint(out / "best.pth", model, epoch=epoch, best_metric=best, args=args)
-        if epoch in kept_epochs(args.epochs):
-            save_checkpoint(out / f"epoch_{epoch:03d}.pth", model, epoch=epoch, best_metric=best,
-                            args=args)
-        save_checkpoint(out / "last.pth", model, optimizer, scheduler, epoch=epoch,
-                        best_metric=best, args=args)
-        print(f"epoch {epoch}/{args.epochs} | loss {train_loss:.4f} | val mIoU {miou:.4f}"
-              f"{' (best)' if is_best else ''} | "
-              + " ".join(f"{k[:5]} {v if v is None else round(v, 3)}"
-                         for k, v in record["val_iou"].items())
-              + f" | lr {record['lr']:.2e} | {record['train_images_per_s']:.1f} train img/s"
-              f" | {record['seconds']:.0f} s")
-        plot_curves(read_jsonl(log_path), ["train_loss", "val_miou", "lr"], out / "curves.png",
-                    title=f"{args.model_name}: {out}")
-        if epoch in kept_epochs(args.epochs) and snap_rows:
-            redraw_snapshots(out, snap_ids, snap_images, snap_truths, epoch, args.epochs)
-    if snap_rows and start_epoch > args.epochs:
+    # ---- loop: train, validate, then rank 0 logs and saves; a signal stops after a step -------
+    with StopOnSignal(out) as stop:
+        for epoch in range(start_epoch, args.epochs + 1):
+            t0 = time.time()
+            train_loss = train_one_epoch(step_model, optimizer, scheduler, train_x, train_y,
+                                         augment, criterion, rank_batch, device, args.amp, epoch,
+                                         args.seed, desc=f"epoch {epoch}/{args.epochs}", stop=stop)
+            train_seconds = time.time() - t0  # .item() above synchronised the device
+            check_finite(train_loss, epoch, steps_per_epoch)
+            cm, kept = evaluate(eval_model, val_x, val_y, args.val_batch_size, device, args.amp,
+                                snap_rows)
+            miou = cm.miou()
+            is_best = not math.isnan(miou) and miou > best
+            best = miou if is_best else best
+            if is_main_process():
+                record = {"epoch": epoch, "train_loss": round(train_loss, 6),
+                          "val_miou": None if math.isnan(miou) else round(miou, 6),
+                          "val_pixel_acc": round(cm.pixel_accuracy(), 6),
+                          "val_iou": cm.per_class(), "lr": scheduler.get_last_lr()[0],
+                          "train_images_per_s": round(steps_per_epoch * batch_size
+                                                      / train_seconds, 2),
+                          "seconds": round(time.time() - t0, 1)}
+                save_epoch(out, args, epoch, record, is_best, best, model, optimizer, scheduler,
+                           (snap_ids, snap_images, snap_truths, [kept[r] for r in snap_rows]))
+            stop.check(epoch)
+    if is_main_process() and snap_rows and start_epoch > args.epochs:
         redraw_snapshots(out, snap_ids, snap_images, snap_truths, args.epochs, args.epochs)
     print(f"best val mIoU {best:.4f}; checkpoints in {out}")
     return best
 
+
+def save_epoch(out, args, epoch, record, is_best, best, model, optimizer, scheduler, snapshot):
+    """Rank 0's end of an epoch: log line, snapshot predictions, checkpoints (last.pth last:
+    until it is replaced, --resume restarts this epoch), curves, figure."""
+    snap_ids, snap_images, snap_truths, snap_preds = snapshot
+    log_path = out / "log.jsonl"
+    append_jsonl(log_path, record)
+    if snap_ids:
+        (out / "snapshots").mkdir(exist_ok=True)
+        np.savez_compressed(out / "snapshots" / f"epoch_{epoch:03d}.npz", ids=np.array(snap_ids),
+                            preds=torch.stack(snap_preds).numpy())
+    if is_best:
+        save_checkpoint(out / "best.pth", model, epoch=epoch, best_metric=best, args=args)
+    if epoch in kept_epochs(args.epochs):
+        save_checkpoint(out / f"epoch_{epoch:03d}.pth", model, epoch=epoch, best_metric=best,
+                        args=args)
+    save_checkpoint(out / "last.pth", model, optimizer, scheduler, epoch=epoch,
+                    best_metric=best, args=args)
+    print(f"epoch {epoch}/{args.epochs} | loss {record['train_loss']:.4f} | val mIoU "
+          f"{record['val_miou'] if record['val_miou'] is not None else float('nan'):.4f}"
+          f"{' (best)' if is_best else ''} | "
+          + " ".join(f"{k[:5]} {v if v is None else round(v, 3)}"
+                     for k, v in record["val_iou"].items())
+          + f" | lr {record['lr']:.2e} | {record['train_images_per_s']:.1f} train img/s"
+          f" | {record['seconds']:.0f} s")
+    plot_curves(read_jsonl(log_path), ["train_loss", "val_miou", "lr"], out / "curves.png",
+                title=f"{args.model_name}: {out}")
+    if epoch in kept_epochs(args.epochs) and snap_ids:
+        redraw_snapshots(out, snap_ids, snap_images, snap_truths, epoch, args.epochs)

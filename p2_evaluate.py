@@ -14,6 +14,10 @@ paired by name, not by sort order; any image size is accepted (pairs must match 
 missing or extra prediction stops with an error naming it; and a class absent from both truth
 and prediction (0/0, where the course scorer's mean becomes NaN) prints as `absent` and is left
 out of the mean. On inputs the course scorer accepts, the value printed is the same.
+
+Masks in any mode PIL reads (grayscale, palette, RGBA, 16-bit) are read as RGB first; colours
+outside the palette are decoded exactly as the course scorer decodes them (no warning: that is
+the contract). Mistakes end in one line naming the path (HW1_DEBUG=1 adds the traceback).
 """
 
 import argparse
@@ -23,7 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import CLASS_NAMES, SCORED_CLASSES, ConfusionMatrix, UserError, read_mask, write_json
+from utils import (
+    CLASS_NAMES,
+    SCORED_CLASSES,
+    ConfusionMatrix,
+    UserError,
+    read_mask,
+    writable_dir,
+    write_json,
+)
 
 
 def get_args_parser():
@@ -43,10 +55,12 @@ def get_args_parser():
 def mask_ids(folder, what):
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"{what} folder {folder} does not exist")
+        raise UserError(f"{what} folder {folder} does not exist; pass the folder of its "
+                        "xxxx_mask.png files")
     ids = {p.name[: -len("_mask.png")]: p for p in folder.glob("*_mask.png")}
     if not ids:
-        raise UserError(f"no *_mask.png files in {what} folder {folder}")
+        raise UserError(f"no *_mask.png files in {what} folder {folder}; masks must be named "
+                        "xxxx_mask.png")
     return ids
 
 
@@ -83,6 +97,11 @@ def evaluate(gt_dir, pred_dir, workers=8):
 
 
 def main(args):
+    if args.json is not None:  # before the scoring, not after it
+        if args.json.is_dir():
+            raise UserError(f"--json {args.json} is a folder; pass a file path, e.g. "
+                            f"{args.json / 'scores.json'}")
+        writable_dir(args.json.parent, "--json path")
     cm, n = evaluate(args.gt_dir, args.pred_dir, args.workers)
     iou = cm.iou().tolist()
     for c, v in enumerate(iou):

@@ -11,8 +11,12 @@ checkpoints/p2_B.pth beside this script, or $HW1_P2_CHECKPOINT when set; `--chec
 is any best.pth / last.pth / epoch_XXX.pth of p2_train_fcn32s.py or p2_train_deeplabv3.py: it
 names its model and carries the flags it was trained with, so the network is rebuilt from it
 with no weight download. Images are decoded in threads a few batches ahead, grouped by size
-and predicted in batches (bf16 on GPU). An unreadable image is reported and skipped; the run
-ends with a non-zero exit listing the failures.
+and predicted in batches (bf16 on GPU). Any size works (the mask has the input's size) and any
+mode PIL reads (grayscale, CMYK, 16-bit) is read as RGB. An unreadable image is reported and
+skipped: the others are still written, then each failure is listed and the run exits with
+status 1. Nothing in OUTPUT_DIR is touched but the xxxx_mask.png files of the inputs.
+Mistakes (missing folder, wrong checkpoint, unwritable output) end in one line naming the
+path; HW1_DEBUG=1 adds the traceback.
 """
 
 import argparse
@@ -32,11 +36,13 @@ import p2_train_fcn32s
 from p2_common import predict
 from utils import (
     UserError,
+    first_line,
     get_device,
     load_checkpoint,
     load_rgb,
     memory_format,
     setup_precision,
+    writable_dir,
     write_mask,
 )
 
@@ -73,14 +79,18 @@ def load_model(path, device):
     cfg = ckpt["args"] or {}
     name = cfg.get("model_name")
     if name not in BUILDERS:
-        raise UserError(f"{path} names model {name!r}; expected one of {', '.join(BUILDERS)} "
-                        "(a checkpoint of p2_train_fcn32s.py or p2_train_deeplabv3.py)")
-    model = BUILDERS[name](cfg, load_pretrained=False)
+        kind = (f"a p1_finetune.py setting {cfg['setting']} checkpoint" if "setting" in cfg
+                else "a BYOL checkpoint" if "ema_decay" in cfg
+                else f"a checkpoint of model {name!r}")
+        raise UserError(f"{path} is {kind}, not one of Problem 2 ({', '.join(BUILDERS)}); pass "
+                        "a best.pth of p2_train_fcn32s.py or p2_train_deeplabv3.py "
+                        "(e.g. checkpoints/p2_B.pth)")
     try:
+        model = BUILDERS[name](cfg, load_pretrained=False)
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
+    except (RuntimeError, ValueError, KeyError) as e:
         raise UserError(f"{path}: weights do not fit a {name} built from its own args "
-                        f"({str(e).splitlines()[0][:120]})") from None
+                        f"({first_line(e, 120)}); train or download it again") from None
     if getattr(model, "aux_classifier", None) is not None:
         model.aux_classifier = None  # the aux head only helps training; skip its compute
     metric = ckpt.get("best_metric")
@@ -112,14 +122,12 @@ def main(args):
     setup_precision(device)
     in_dir, out_dir = Path(args.input_dir), Path(args.output_dir)
     if not in_dir.is_dir():
-        raise UserError(f"input folder {in_dir} does not exist")
+        raise UserError(f"input folder {in_dir} does not exist; pass the folder of the "
+                        "xxxx_sat.jpg images")
     paths = sorted(in_dir.glob("*_sat.jpg"))
     if not paths:
-        raise UserError(f"no *_sat.jpg images in {in_dir}")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {out_dir} ({e.strerror})") from None
+        raise UserError(f"no *_sat.jpg images in {in_dir}; inputs must be named xxxx_sat.jpg")
+    writable_dir(out_dir, "--output-dir")
     model = load_model(args.checkpoint, device)
 
     failures, writes, done = [], [], 0
@@ -136,8 +144,7 @@ def main(args):
         groups = collections.defaultdict(list)  # (H, W) -> images waiting for a full batch
         for path, array, error in decoded(pool, paths, ahead=4 * args.batch_size):
             if error is not None:
-                failures.append(error)
-                print(f"skipped: {error}", file=sys.stderr)
+                failures.append((path, error))
                 continue
             group = groups[array.shape[:2]]
             group.append((path, array))
@@ -152,12 +159,16 @@ def main(args):
                 future.result()
                 done += 1
             except OSError as e:
-                failures.append(f"{path.name}: cannot write its mask ({e})")
+                failures.append((path, f"cannot write the mask of {path} ({first_line(e)})"))
     seconds = time.time() - t0
     print(f"wrote {done} masks to {out_dir} in {seconds:.1f} s ({done / seconds:.1f} images/s"
           f"{', TTA' if args.tta else ''}, {device})")
     if failures:
-        raise UserError(f"{len(failures)} of {len(paths)} image(s) failed: " + "; ".join(failures))
+        for _, reason in failures:
+            print(f"skipped: {reason}", file=sys.stderr)
+        names = ", ".join(p.name for p, _ in failures[:3]) + (", ..." if len(failures) > 3 else "")
+        raise UserError(f"{len(failures)} of {len(paths)} image(s) failed (listed above: "
+                        f"{names}); the masks of the other {done} are in {out_dir}")
     return done
 
 

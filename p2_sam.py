@@ -55,12 +55,20 @@ import math
 import pickle
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
+from segment_anything.modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
 from segment_anything.utils.amg import coco_encode_rle, mask_to_rle_pytorch
 
 import utils
@@ -321,6 +329,30 @@ def build_sam_model(model_type="vit_h", checkpoint=None, device="cpu"):
     return model.eval()
 
 
+def tiny_sam(img_size=64, embed_dim=32, prompt_dim=32, seed=0):
+    """A randomly initialised SAM small enough for CPU tests and bench.py --device cpu:
+    segment_anything's _build_sam with every size shrunk, a 2-block ViT on 64 px (4x4 tokens,
+    one windowed block and one global one), the real prompt encoder and mask decoder."""
+    torch.manual_seed(seed)
+    tokens = img_size // 16
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=2, embed_dim=embed_dim, img_size=img_size, mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=2, patch_size=16,
+            qkv_bias=True, use_rel_pos=True, global_attn_indexes=[1], window_size=2,
+            out_chans=prompt_dim),
+        prompt_encoder=PromptEncoder(
+            embed_dim=prompt_dim, image_embedding_size=(tokens, tokens),
+            input_image_size=(img_size, img_size), mask_in_chans=4),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=1, embedding_dim=prompt_dim, mlp_dim=64,
+                                          num_heads=2),
+            transformer_dim=prompt_dim, iou_head_depth=2, iou_head_hidden_dim=32),
+        pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375],
+    ).eval()
+
+
 def autocast_sam(model, context):
     """Run SAM's image encoder and mask decoder under `context()` and return float32 from both.
 
@@ -444,7 +476,7 @@ def tile_figure(rows, path, max_height=512):
         y += height + caption_h + pad
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    utils.save_image(path, canvas)
     return path
 
 
@@ -623,6 +655,8 @@ def main(args, model=None):
     pairs = comparison_pairs(files, args.gt_dir, args.pred_dir) if args.gt_dir else {}
     figure_ids = list(args.figure_ids or args.ids or ids[:3])
     out = utils.prepare_output_dir(args.output_dir, args, overwrite=True, marker="sam_log.jsonl")
+    if args.figure is not None:  # checked now, not after every image is segmented
+        utils.writable_dir(Path(args.figure).parent, "--figure")
 
     # ------------------------------------------------------------------ model
     if model is None:
@@ -661,7 +695,7 @@ def main(args, model=None):
         seconds.append(dt)
         masks = [r["segmentation"] for r in records]
         overlay = draw_overlay(image, masks, args.alpha, args.seed)
-        Image.fromarray(overlay).save(out / f"{i}_sam.png")
+        utils.save_image(out / f"{i}_sam.png", overlay)
         if args.save_masks:
             write_masks_to_folder(records, out / "masks" / i)
         if args.json:
@@ -711,7 +745,8 @@ def main(args, model=None):
         settings = {"model": model_name, **kwargs, "amp": amp_on, "device": str(device)}
         summary = comparison_summary(cm_b, cm_sam, pure, total, per_image, settings)
         utils.write_json(out / "sam_vs_model_b.json", summary)
-        (out / "sam_vs_model_b.md").write_text(comparison_markdown(summary))
+        utils.atomic_write_bytes(out / "sam_vs_model_b.md",
+                                 comparison_markdown(summary).encode())
         rows = []
         for i in order:
             v = shown[i]

@@ -2,8 +2,12 @@
 
 Sections (in file order):
   errors       UserError: a one-line, traceback-free exit for mistakes a user can make
-  run setup    device / seed / precision (one code path for CPU and CUDA), run directories,
-               log.jsonl, args.json, curve plots
+               (HW1_DEBUG=1 in the environment adds the Python traceback)
+  run setup    device / seed / precision (one code path for CPU and CUDA), the GPU tuning
+               switches (TUNING), run directories, log.jsonl, args.json, curve plots
+  distributed  torchrun / DistributedDataParallel: process group, rank helpers, all-reduce,
+               SyncBatchNorm that also runs on CPU (gloo), the per-epoch random streams
+  interruption SIGINT/SIGTERM stop a run at the next step with a clean exit and a resume hint
   data sets    readers for the exact layouts of hw1_data (Office-Home csv, the unlabeled
                Mini-ImageNet folder, satellite sat/mask pairs)
   image bank   decode a folder once (in parallel), keep it as one uint8 tensor that can live on
@@ -17,20 +21,27 @@ Sections (in file order):
 """
 
 import argparse
+import builtins
 import contextlib
+import functools
 import hashlib
+import io
 import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 
@@ -42,16 +53,47 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # ---------------------------------------------------------------------------------------------
 # errors
 # ---------------------------------------------------------------------------------------------
+DEBUG_ENV = "HW1_DEBUG"
+
+
 class UserError(SystemExit):
     """A mistake the user can fix (bad path, bad file, wrong checkpoint).
 
     Subclassing SystemExit means an uncaught UserError prints its one-line message to stderr
     and exits with status 1, with no traceback, while tests can still catch it.
+
+    Debugging: with HW1_DEBUG=1 in the environment (every script, hw1_1.sh and hw1_2.sh too),
+    each UserError also prints, when raised, the traceback of the exception being handled (the
+    original error of PIL, torch, the file system, ...) and the stack that raised it; the last
+    line and the exit status stay the same.
     """
 
     def __init__(self, message):
         super().__init__(f"error: {message}")
         self.message = message
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            _print_debug_traceback(f"error: {message}")
+
+
+def _print_debug_traceback(message):
+    cause = sys.exc_info()[1]
+    lines = [f"--- {DEBUG_ENV}: traceback of `{message}`\n"]
+    if cause is not None:
+        lines += ["while handling:\n", *traceback.format_exception(cause)]
+    # the frames up to the `raise UserError(...)`, without this helper and __init__
+    lines += ["raised at:\n", *traceback.format_stack(sys._getframe(2))]
+    sys.stderr.write("".join(lines))
+    sys.stderr.flush()
+
+
+def first_line(error, limit=160):
+    """The first line (or sentence) of an exception's message, shortened: torch and PIL write
+    paragraphs, a UserError is one line."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    if len(line) > limit and ". " in line:
+        line = line.split(". ")[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,19 +111,51 @@ def get_device(name=None):
 
 
 def seed_everything(seed, deterministic=False):
+    """Seed Python, NumPy and torch. `deterministic` (the scripts' --deterministic) also asks
+    torch for deterministic kernels (a warning names any op that has none) and turns off cuDNN's
+    autotuner: on CPU two runs with the same seed then give bit-identical weights; on CUDA
+    nearly so, at some speed. Set both ways, so one process can run both kinds."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+# GPU tuning switches, all on; bench.py --ablate turns each off in turn to measure what it gives.
+# They only act on CUDA (on CPU channels_last only costs copies and there is no fused optimizer).
+TUNING = {
+    "channels_last": True,    # activations and weights in NHWC for the tensor cores
+    "fused_optimizer": True,  # one kernel for the whole AdamW/SGD update
+    "cudnn_benchmark": True,  # cuDNN times its algorithms on the first batch of each shape
+}
+
+
+@contextlib.contextmanager
+def tuning(**switches):
+    """Set some TUNING switches inside a `with` block (bench.py's baselines and ablations)."""
+    unknown = set(switches) - set(TUNING)
+    if unknown:
+        raise ValueError(f"unknown tuning switches {sorted(unknown)}; known: {sorted(TUNING)}")
+    saved = dict(TUNING)
+    TUNING.update(switches)
+    try:
+        yield TUNING
+    finally:
+        TUNING.update(saved)
+
+
+def fused_optimizer(device):
+    """`fused=` of torch.optim.AdamW/SGD: the fused CUDA kernels, unless switched off."""
+    return torch.device(device).type == "cuda" and TUNING["fused_optimizer"]
 
 
 def setup_precision(device):
     """Global fast-math switches, set once per run. TF32 only matters for the fp32 leftovers."""
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = TUNING["cudnn_benchmark"]
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
@@ -95,7 +169,9 @@ def autocast(device, enabled=True):
 
 def memory_format(device):
     """channels_last pays on CUDA tensor cores; on CPU it only costs copies."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    if torch.device(device).type == "cuda" and TUNING["channels_last"]:
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def unwrap_model(model):
@@ -124,19 +200,33 @@ def prepare_output_dir(output_dir, args, resume=False, overwrite=False, marker="
     A directory that already holds a run (its `marker` file) is refused unless the user resumes
     it or explicitly overwrites it, so a typo in a command never clobbers a night of training.
     """
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(output_dir, "--output-dir")
     if (out / marker).exists() and not (resume or overwrite):
         raise UserError(f"{out} already holds a run ({marker}); pass --resume to continue it "
                         "or --overwrite to start again")
     if overwrite and not resume and (out / marker).exists():
         (out / marker).unlink()
-    if not os.access(out, os.W_OK):
-        raise UserError(f"cannot write to {out}; choose another --output-dir")
     record = dict(sorted(vars(args).items())) if args is not None else {}
     record["git_sha"] = git_sha()
     write_json(out / "args.json", record)
     return out
+
+
+def writable_dir(path, flag="--output-dir"):
+    """Create the folder `path` if needed and check that a file can be written in it (by
+    writing and deleting a temporary one: os.access says yes to root on any folder).
+    Returns it as a Path; a file in the way or a read-only place is one line naming it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        reason = (f"{blocker} is a file, not a folder" if blocker is not None
+                  else e.strerror or first_line(e))
+        raise UserError(f"cannot write into {path} ({reason}); choose another {flag}") from None
+    return path
 
 
 def print_run_header(args, device, batch_size=None, lr=None):
@@ -165,10 +255,20 @@ def append_jsonl(path, record):
 
 
 def read_jsonl(path):
+    """The records of a .jsonl file. A last line cut short (a kill -9 while it was appended) is
+    skipped, so a killed run can still be resumed; a broken line before it is an error."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise UserError(f"{path}:{i + 1} is not a JSON line; repair or delete it") from None
+    return records
 
 
 def truncate_jsonl(path, last_epoch):
@@ -205,9 +305,11 @@ def plot_curves(records, keys, path, title=None):
 
 
 def check_finite(loss_value, epoch, step):
+    """Stop a run whose loss is NaN or infinite before it saves that epoch (dino's check).
+    Every training loop calls it; the last.pth on disk is then the last finite epoch."""
     if not math.isfinite(loss_value):
-        raise UserError(f"loss became {loss_value} at epoch {epoch}, step {step}; lower --lr or "
-                        "resume from the last good checkpoint with --resume")
+        raise UserError(f"loss became {loss_value} at epoch {epoch}, step {step} (nothing of "
+                        "this epoch was saved); start again with a lower --lr and --overwrite")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -250,12 +352,273 @@ def make_lr_scheduler(optimizer, schedule, total_steps, warmup_steps=0):
 
 
 # ---------------------------------------------------------------------------------------------
+# distributed: torchrun, DistributedDataParallel, SyncBatchNorm, random streams
+# ---------------------------------------------------------------------------------------------
+# Design (every training script): `torchrun --nproc_per_node=N script.py ...` runs N ranks.
+#   batch       --batch-size stays the GLOBAL batch (so --lr keeps its meaning); each rank takes
+#               batch_size / N of it (shard_batch), drawn from one shared permutation per epoch
+#               (index_batches with rank/world_size), so every step sees the same images as a
+#               single-process step would.
+#   BatchNorm   synchronised (nn.SyncBatchNorm; CPUSyncBatchNorm under gloo): statistics over
+#               the global batch, as in one process.
+#   random      augmentations draw from a generator seeded by (seed, epoch), the same on every
+#               rank, for the whole global batch, and keep their rank's samples (the `shard`
+#               of the augmentations), so N ranks apply the same views as one process; torch's
+#               global RNG (dropout) is seeded per rank.
+#   writes      only rank 0 writes (args.json, log.jsonl, checkpoints, plots, tables); the
+#               other ranks print nothing. Checkpoints hold the unwrapped model and load on any
+#               number of ranks. Validation is sharded and its counts are summed (all_reduce).
+def init_distributed(device):
+    """Join the process group torchrun describes in the environment (WORLD_SIZE, RANK,
+    LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and return this rank's device: cuda:LOCAL_RANK with
+    NCCL, or the CPU with gloo. A plain `python3 script.py` (no WORLD_SIZE, or 1) gets `device`
+    back and starts nothing. Ranks other than 0 print nothing from then on (builtins.print is
+    silenced there, as in DINO; print(..., force=True) still prints)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if dist.get_rank() != 0:
+            quiet = builtins.print
+
+            def print_on_main(*args, force=False, **kwargs):
+                if force:
+                    quiet(*args, **kwargs)
+
+            builtins.print = print_on_main
+    return device
+
+
+def world_size():
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank():
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main_process():
+    return rank() == 0
+
+
+def barrier():
+    if world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce(tensor, mean=False):
+    """Sum (or mean) of `tensor` over the ranks, in place and returned; as is in one process."""
+    if world_size() > 1:
+        dist.all_reduce(tensor)
+        if mean:
+            tensor /= world_size()
+    return tensor
+
+
+def merge_across_ranks(mapping):
+    """The union of every rank's dict, on every rank (small objects only: all_gather_object)."""
+    if world_size() == 1:
+        return mapping
+    parts = [None] * world_size()
+    dist.all_gather_object(parts, mapping)
+    return {k: v for part in parts for k, v in part.items()}
+
+
+def on_main_process(fn, *args, **kwargs):
+    """fn(*args, **kwargs) on rank 0 only (e.g. prepare_output_dir: checks, then writes), its
+    result handed to every rank. A UserError there is raised on every rank, so no rank is left
+    waiting for one that stopped."""
+    result, error = None, None
+    if is_main_process():
+        try:
+            result = fn(*args, **kwargs)
+        except UserError as e:
+            error = e.message
+    if world_size() > 1:
+        box = [result, error]
+        dist.broadcast_object_list(box, src=0)
+        result, error = box
+    if error is not None:
+        raise UserError(error)
+    return result
+
+
+def shard_batch(batch_size):
+    """This rank's part of the global --batch-size (all of it in one process)."""
+    n = world_size()
+    if batch_size % n:
+        raise UserError(f"--batch-size {batch_size} is the global batch and must split evenly "
+                        f"over the {n} processes; use a multiple of {n}")
+    return batch_size // n
+
+
+class CPUSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch for multi-process CPU runs (gloo; the CI test of
+    DistributedDataParallel): torch.nn.SyncBatchNorm, which CUDA runs use, refuses CPU tensors.
+    In training under a process group it normalises with the statistics of all ranks' samples,
+    from one differentiable all-reduce of the per-channel sum, sum of squares and count (its
+    backward sums the gradients of the statistics over the ranks, as torch's does); otherwise
+    it is a plain BatchNorm. Two all-reduces (the mean, then the squared deviations) keep the
+    variance as exact as BatchNorm's own."""
+
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
+    def forward(self, x):
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        from torch.distributed._functional_collectives import all_reduce as reduce
+
+        def all_reduce_with_grad(t):  # summed over the ranks; its backward sums the gradients
+            return reduce(t, "sum", dist.group.WORLD)
+
+        self._check_input_dim(x)
+        c = x.shape[1]
+        dims = [0, *range(2, x.dim())]
+        shape = (1, c) + (1,) * (x.dim() - 2)
+        stats = all_reduce_with_grad(torch.cat([x.sum(dims), x.new_full((1,), x.numel() // c)]))
+        n = stats[-1]  # samples x pixels of all ranks
+        mean = stats[:c] / n
+        var = all_reduce_with_grad(((x - mean.view(shape)) ** 2).sum(dims)) / n  # biased, as BN
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = (self.momentum if self.momentum is not None
+                            else 1.0 / float(self.num_batches_tracked))
+                self.running_mean.lerp_(mean, momentum)
+                self.running_var.lerp_(var * n / (n - 1).clamp(min=1), momentum)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def convert_sync_batchnorm(module, device):
+    """Every BatchNorm layer of `module` made synchronised, in place: torch's
+    nn.SyncBatchNorm on CUDA, CPUSyncBatchNorm on the CPU. Both keep the Parameter and buffer
+    objects (an optimizer built before still holds them), the train/eval mode and the
+    state_dict keys (checkpoints load either way)."""
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if (isinstance(child, torch.nn.modules.batchnorm._BatchNorm)
+                    and not isinstance(child, CPUSyncBatchNorm)):
+                sync = CPUSyncBatchNorm(child.num_features, child.eps, child.momentum,
+                                        child.affine, child.track_running_stats)
+                if child.affine:
+                    sync.weight, sync.bias = child.weight, child.bias
+                if child.track_running_stats:
+                    sync.running_mean, sync.running_var = child.running_mean, child.running_var
+                    sync.num_batches_tracked = child.num_batches_tracked
+                sync.train(child.training)
+                setattr(parent, name, sync)
+    return module
+
+
+def distribute_model(model, device, find_unused_parameters=False):
+    """Under torchrun: BatchNorm -> SyncBatchNorm, then DistributedDataParallel (gradients
+    averaged over the ranks in the backward). In one process: `model` itself.
+
+    Buffers are synchronised once, at the start, and not re-broadcast at every forward: with
+    synchronised BatchNorm every rank computes the same running statistics itself."""
+    if world_size() == 1:
+        return model
+    model = convert_sync_batchnorm(model, device)
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        forward_sync_buffers=False, find_unused_parameters=find_unused_parameters,
+        gradient_as_bucket_view=True)
+
+
+def epoch_generators(seed, epoch, device):
+    """The random streams of one epoch, rebuilt from (seed, epoch) so that --resume replays
+    them: (data-order generator on the CPU, augmentation generator on `device`), both the same
+    on every rank; torch's global RNG (dropout) is reseeded per rank, so ranks drop different
+    units."""
+    key = seed * 100_003 + epoch
+    torch.manual_seed(key * 1_009 + rank())
+    return torch.Generator().manual_seed(key), torch.Generator(device).manual_seed(key)
+
+
+# ---------------------------------------------------------------------------------------------
+# interruption: SIGINT / SIGTERM
+# ---------------------------------------------------------------------------------------------
+class StopOnSignal:
+    """`with StopOnSignal(output_dir) as stop:` around a training loop. SIGINT (Ctrl-C) and
+    SIGTERM (kill, a batch scheduler's time limit) then only set a flag; the loop calls
+    `stop.check(completed)` after every step and after each epoch's checkpoint, and the run
+    stops there, cleanly, with 128 + the signal number (130 for SIGINT, 143 for SIGTERM) and one
+    line saying how to resume.
+
+    Nothing is saved on the way out: last.pth (written atomically at the end of every epoch)
+    holds the last completed epoch, and --resume redoes the interrupted epoch from its start
+    (its data order and augmentations are replayed from (seed, epoch)). A kill -9 leaves the
+    same state. A second signal stops at once (through the same exit). Under torchrun every rank
+    gets the signal; a rank left waiting in a collective for one that already stopped fails
+    there, and that failure, once a signal was received, ends in the same clean exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, output_dir=None):
+        self.output_dir = output_dir
+        self.signum = None
+        self.completed = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __bool__(self):
+        return self.signum is not None
+
+    def check(self, completed):
+        """Stop here if a signal came; `completed` = the last epoch saved in last.pth."""
+        self.completed = completed
+        if self.signum is not None:
+            raise SystemExit(self._exit_code())
+
+    def _exit_code(self):
+        if is_main_process():
+            where = Path(self.output_dir or ".") / "last.pth"
+            held = (f"{where} holds epoch {self.completed}" if self.completed
+                    else "no epoch was completed yet")
+            print(f"stopped by {signal.Signals(self.signum).name}: {held} and the partial epoch "
+                  "is dropped; continue with the same command and --resume", file=sys.stderr,
+                  flush=True)
+        return 128 + self.signum
+
+    def __exit__(self, exc_type, exc, tb):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+        if self.signum is not None and exc_type is not None and not issubclass(exc_type,
+                                                                                 SystemExit):
+            raise SystemExit(self._exit_code()) from None  # a second signal, or a peer left
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
 # data sets
 # ---------------------------------------------------------------------------------------------
 def _require_dir(path, what):
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"{what} folder {path} does not exist; run `bash hw1_download.sh` "
+        state = "is a file, not a folder" if path.exists() else "does not exist"
+        raise UserError(f"{what} folder {path} {state}; run `bash hw1_download.sh` "
                         "or `python make_demo_data.py --out DIR` for demo data")
     return path
 
@@ -265,63 +628,91 @@ def list_images(folder):
     folder = _require_dir(folder, "image")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
-        raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+        raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}; pass the "
+                        "folder that holds them")
     return files
 
 
-def read_office_csv(csv_path, image_dir=None, require_labels=True):
+def read_office_csv(csv_path, image_dir=None, require_labels=True, duplicates="error"):
     """Office-Home csv (header `id,filename,label`) -> list of dicts with id, filename, path, label.
 
     A test csv has `None` (or an empty field) as label: label is then -1, which is only allowed
     when `require_labels` is False. When `image_dir` is given, every listed file must exist.
+    The header may come in any column order and letter case (a UTF-8 byte-order mark, as Excel
+    writes, is ignored); without an `id` column the id is the row number, without a `label`
+    column every label is -1. A file listed twice is an error with duplicates="error" (training:
+    it would count twice), kept with one warning with duplicates="warn" (inference: one output
+    row per input row).
     """
     import csv
 
     csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise UserError(f"csv file {csv_path} does not exist")
-    with open(csv_path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise UserError(f"{csv_path} is empty; expected the header id,filename,label")
-        header = [h.strip() for h in header]
-        if "filename" not in header:
-            raise UserError(f"{csv_path} has header {','.join(header)}; expected id,filename,label")
-        col = {name: header.index(name) for name in ("id", "filename", "label") if name in header}
-        rows, seen = [], set()
-        for line_no, row in enumerate(reader, start=2):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) < len(header):
-                raise UserError(f"{csv_path}:{line_no} has {len(row)} fields, "
-                                f"expected {len(header)}")
-            filename = row[col["filename"]].strip()
-            if filename in seen:
-                raise UserError(f"{csv_path}:{line_no} lists {filename} a second time")
-            seen.add(filename)
-            raw_label = row[col["label"]].strip() if "label" in col else ""
-            if raw_label in ("", "None", "none", "nan"):
-                label = -1
-            else:
-                try:
-                    label = int(raw_label)
-                except ValueError:
-                    raise UserError(f"{csv_path}:{line_no} has label {raw_label!r}, "
-                                    "expected an integer or None") from None
-            if label < 0 and require_labels:
-                raise UserError(f"{csv_path}:{line_no} has no label but this run needs labels")
-            row_id = row[col["id"]].strip() if "id" in col else str(line_no - 2)
-            rows.append({"id": row_id, "filename": filename, "label": label,
-                         "path": Path(image_dir) / filename if image_dir is not None else None})
+        state = "is a folder, not a file" if csv_path.is_dir() else "does not exist"
+        raise UserError(f"csv file {csv_path} {state}; pass the csv with header "
+                        "id,filename,label")
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            table = list(csv.reader(f))
+    except UnicodeDecodeError:
+        raise UserError(f"{csv_path} is not a text csv (not UTF-8); pass the csv with header "
+                        "id,filename,label") from None
+    except (OSError, csv.Error) as e:
+        raise UserError(f"cannot read csv file {csv_path} ({first_line(e)})") from None
+    if not table:
+        raise UserError(f"{csv_path} is empty; expected the header id,filename,label")
+    header = [h.strip().lower() for h in table[0]]
+    if "filename" not in header:
+        raise UserError(f"{csv_path} has header {','.join(table[0])!r}; expected "
+                        "id,filename,label as its first line")
+    if require_labels and "label" not in header:
+        raise UserError(f"{csv_path} has no label column but this run needs labels; "
+                        "a training csv has the header id,filename,label")
+    col = {name: header.index(name) for name in ("id", "filename", "label") if name in header}
+    rows, seen, repeated = [], set(), []
+    for line_no, row in enumerate(table[1:], start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) < len(header):
+            raise UserError(f"{csv_path}:{line_no} has {len(row)} fields, "
+                            f"expected {len(header)} ({','.join(header)})")
+        filename = row[col["filename"]].strip()
+        if not filename:
+            raise UserError(f"{csv_path}:{line_no} has an empty filename")
+        if filename in seen:
+            if duplicates == "error":
+                raise UserError(f"{csv_path}:{line_no} lists {filename} a second time; "
+                                "remove the repeated row")
+            repeated.append(filename)
+        seen.add(filename)
+        raw_label = row[col["label"]].strip() if "label" in col else ""
+        if raw_label in ("", "None", "none", "nan"):
+            label = -1
+        else:
+            try:
+                label = int(raw_label)
+            except ValueError:
+                label = -2
+            if label < 0:
+                raise UserError(f"{csv_path}:{line_no} has label {raw_label!r}, "
+                                "expected an integer >= 0 or None")
+        if label < 0 and require_labels:
+            raise UserError(f"{csv_path}:{line_no} has no label ({raw_label or 'empty'}) but "
+                            "this run needs labels; train on a labelled csv")
+        row_id = row[col["id"]].strip() if "id" in col else str(line_no - 2)
+        rows.append({"id": row_id, "filename": filename, "label": label,
+                     "path": Path(image_dir) / filename if image_dir is not None else None})
     if not rows:
         raise UserError(f"{csv_path} lists no images")
+    if repeated:
+        print(f"warning: {csv_path} lists {len(repeated)} file(s) more than once (e.g. "
+              f"{repeated[0]}); each row gets its own prediction", file=sys.stderr)
     if image_dir is not None:
         _require_dir(image_dir, "image")
         missing = [r["filename"] for r in rows if not r["path"].is_file()]
         if missing:
             raise UserError(f"{len(missing)} file(s) listed in {csv_path} are missing from "
-                            f"{image_dir}, e.g. {missing[0]}")
+                            f"{image_dir}, e.g. {missing[0]}; fix the csv or the folder")
     return rows
 
 
@@ -335,7 +726,8 @@ def list_sat_pairs(folder, require_masks=True):
     sats = {p.name[: -len("_sat.jpg")]: p for p in folder.glob("*_sat.jpg")}
     masks = {p.name[: -len("_mask.png")]: p for p in folder.glob("*_mask.png")}
     if not sats:
-        raise UserError(f"no *_sat.jpg images in {folder}")
+        raise UserError(f"no *_sat.jpg images in {folder}; it should hold xxxx_sat.jpg + "
+                        "xxxx_mask.png pairs")
     if require_masks:
         lonely = sorted(set(sats) ^ set(masks))
         if lonely:
@@ -344,7 +736,7 @@ def list_sat_pairs(folder, require_masks=True):
             if i not in sats:
                 have, lack = lack, have
             raise UserError(f"{folder}/{have} has no partner {lack} "
-                            f"({len(lonely)} unpaired file(s))")
+                            f"({len(lonely)} unpaired file(s)); add the partner or remove it")
     return [(i, sats[i], masks.get(i)) for i in sorted(sats)]
 
 
@@ -369,20 +761,34 @@ class ImageListDataset(torch.utils.data.Dataset):
 # image bank
 # ---------------------------------------------------------------------------------------------
 def load_rgb(path):
-    """Any image PIL can read (grayscale, RGBA, 16-bit, CMYK, palette) -> RGB PIL image."""
+    """Any image PIL can read -> 8-bit RGB PIL image, the one decoder of training banks, both
+    inference scripts, the scorer and SAM.
+
+    Grayscale (L, 1), palette (P), RGBA/LA (alpha dropped, as torchvision's ImageReadMode.RGB),
+    CMYK and YCbCr convert with PIL. 16-bit grayscale (I;16*) is mapped to 8 bits by a fixed
+    v / 257 (65535 -> 255, an 8-bit image saved as 16 bits comes back exactly), not by PIL's
+    clipping, nor by a per-image stretch that would change brightness from file to file.
+    32-bit integer (I) images use the same map when their values fit 16 bits, else their max.
+    A missing, empty, truncated or non-image file is a UserError naming it.
+    """
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16-bit: scale to 8 bits instead of PIL's clipping conversion
+            if im.mode.startswith("I"):
                 arr = np.asarray(im, dtype=np.float64)
-                arr = (arr / max(arr.max(), 1.0) * 255.0).round().astype(np.uint8)
-                im = Image.fromarray(arr)
+                top = arr.max(initial=0.0)
+                scale = 255.0 / 65535.0 if im.mode.startswith("I;16") or top <= 65535 else (
+                    255.0 / top)
+                im = Image.fromarray((arr * scale).clip(0, 255).round().astype(np.uint8))
             return im.convert("RGB")
     except FileNotFoundError:
-        raise UserError(f"{path} does not exist") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot read image {path} ({e}); re-download or remove it") from None
+        raise UserError(f"image {path} does not exist; fix the path or add the file") from None
+    except Image.UnidentifiedImageError:
+        raise UserError(f"cannot read image {path} (not an image file PIL can decode); "
+                        "replace or remove it") from None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        raise UserError(f"cannot read image {path} ({first_line(e)}); replace or remove it"
+                        ) from None
 
 
 def _decode(path, size, interpolation):
@@ -392,8 +798,13 @@ def _decode(path, size, interpolation):
     return np.asarray(image)
 
 
-def _decode_mask(path, size):
-    classes = mask_to_classes(np.asarray(load_rgb(path)))
+def _decode_mask(path, size, off_palette=None):
+    """Class indices of a mask, decoded as the course scorer does (any colour has a class).
+    Paths with pixels outside the exact palette are appended to `off_palette`, if given."""
+    rgb = np.asarray(load_rgb(path))
+    classes = mask_to_classes(rgb)
+    if off_palette is not None and not np.array_equal(PALETTE[classes], rgb):
+        off_palette.append(path)  # list.append is atomic: safe from the decoding threads
     if size is not None and classes.shape != tuple(size):
         classes = np.asarray(Image.fromarray(classes).resize((size[1], size[0]), Image.NEAREST))
     return classes
@@ -435,13 +846,17 @@ class ImageBank:
 
     @classmethod
     def from_paths(cls, paths, size=None, kind="image", cache_dir=None, workers=None,
-                   progress=False):
+                   progress=False, size_flag=None):
         """Decode `paths` in parallel threads (PIL releases the GIL while decoding).
 
         size: None (all images must share one size), an int (square) or (H, W); images are
-        resized with antialiased bicubic, masks with nearest neighbour.
+        resized with antialiased bicubic, masks with nearest neighbour. Any mode PIL reads
+        becomes RGB (utils.load_rgb). size_flag: the flag that sets `size`, named in the error
+        when images of different sizes come without one.
         cache_dir: where `bank-<hash>.npy` is kept; the hash covers the file names, sizes and
         modification times, the target size and the kind, so a changed folder is re-decoded.
+        Masks with colours outside the palette are decoded as the course scorer decodes them
+        (each channel thresholded at 128, pure red as Unknown) with one warning per call.
         """
         paths = [Path(p) for p in paths]
         if not paths:
@@ -451,7 +866,11 @@ class ImageBank:
         if cache_dir is not None:
             key = hashlib.sha1(repr((kind, size)).encode())
             for p in paths:
-                st = p.stat()
+                try:
+                    st = p.stat()
+                except OSError:
+                    raise UserError(f"image {p} does not exist; fix the path or add the "
+                                    "file") from None
                 key.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
             cache_file = Path(cache_dir) / f"bank-{kind}-{key.hexdigest()[:16]}.npy"
             if cache_file.exists():
@@ -461,10 +880,11 @@ class ImageBank:
                         return cls(torch.from_numpy(arr), paths)
                 except (OSError, ValueError):
                     pass  # a broken cache is rebuilt below
+        off_palette = []
         if kind == "image":
             fn = lambda p: _decode(p, size, Image.BICUBIC)  # noqa: E731
         elif kind == "mask":
-            fn = lambda p: _decode_mask(p, size)  # noqa: E731
+            fn = lambda p: _decode_mask(p, size, off_palette)  # noqa: E731
         else:
             raise ValueError(f"kind must be 'image' or 'mask', not {kind!r}")
         workers = workers or min(16, (os.cpu_count() or 2) * 2)
@@ -474,31 +894,45 @@ class ImageBank:
                 from tqdm import tqdm
                 it = tqdm(it, total=len(paths), desc=f"decoding {len(paths)} {kind}s", leave=False)
             arrays = list(it)
-        shapes = {a.shape for a in arrays}
-        if len(shapes) > 1:
-            raise UserError(f"images of different sizes {sorted(shapes)[:3]}...; pass a size "
-                            "(--image-size) so they are resized when loaded")
+        if off_palette:
+            print(f"warning: {len(off_palette)} of {len(paths)} masks hold colours outside the "
+                  f"palette (e.g. {sorted(off_palette)[0]}); read as the course scorer reads "
+                  "them: each channel >= 128 is on, pure red is Unknown", file=sys.stderr)
+        if len({a.shape for a in arrays}) > 1:
+            k = next(k for k, arr in enumerate(arrays) if arr.shape != arrays[0].shape)
+            fix = (f"pass {size_flag} N to resize them when loaded" if size_flag
+                   else "resize them to one size")
+            raise UserError(f"images of different sizes: {paths[0]} is {arrays[0].shape[1]}x"
+                            f"{arrays[0].shape[0]} but {paths[k]} is {arrays[k].shape[1]}x"
+                            f"{arrays[k].shape[0]}; {fix}")
         arr = np.stack(arrays)
         if kind == "image":
             arr = np.ascontiguousarray(arr.transpose(0, 3, 1, 2))  # (N, H, W, 3) -> (N, 3, H, W)
         if cache_file is not None:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=cache_file.parent, suffix=".npy",
-                                             delete=False) as f:
-                np.save(f, arr)
-            os.replace(f.name, cache_file)
+            try:
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_write(cache_file, lambda f: np.save(f, arr), sync=False)
+            except OSError as e:  # the cache only saves time: go on without it
+                print(f"warning: cannot write the image cache {cache_file} ({first_line(e)}); "
+                      "continuing without it", file=sys.stderr)
         return cls(torch.from_numpy(arr), paths)
 
 
 def index_batches(n, batch_size, generator=None, device="cpu", drop_last=True, shuffle=True,
                   rank=0, world_size=1):
     """Yield LongTensor index batches over range(n): one permutation per epoch, shard `rank` of
-    `world_size` (each rank takes its own stride of the permutation)."""
+    `world_size` (each rank takes its own stride of the permutation; `generator` must be seeded
+    alike on every rank). With drop_last every rank gets the same number of batches, and step
+    s of the ranks together covers exactly the global batch s of a single process with
+    batch_size * world_size: rank r holds its positions r, r + world_size, ... The permutation
+    goes to `device` once per epoch, so a step does no host-to-device copy."""
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    order = order[rank::world_size]
+    if drop_last:
+        order = order[: len(order) - len(order) % world_size]
+    order = order[rank::world_size].to(device, non_blocking=True)
     stop = len(order) - (len(order) % batch_size if drop_last else 0)
     for start in range(0, stop, batch_size):
-        yield order[start:start + batch_size].to(device, non_blocking=True)
+        yield order[start:start + batch_size]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,22 +943,38 @@ def to_float(x):
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
+@functools.lru_cache(maxsize=32)
+def _channel_constants(values, device, dtype):
+    """A (1, C, 1, 1) constant on `device`, made once: building it at every call would copy it
+    from the host and so wait for the GPU in the middle of each training step."""
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=dtype).view(1, -1, 1, 1).to(device)
+
+
 def normalize(x, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    m = _channel_constants(tuple(mean), x.device, x.dtype)
+    s = _channel_constants(tuple(std), x.device, x.dtype)
     return (x - m) / s
 
 
-def _rand(n, device, generator=None, low=0.0, high=1.0):
-    return torch.rand(n, device=device, generator=generator) * (high - low) + low
+def _rand(n, device, generator=None, low=0.0, high=1.0, shard=(0, 1)):
+    """U(low, high) draws for n samples (n: an int, or a shape whose first entry is the batch).
+    shard = (rank, world_size): draw for the global batch (n * world_size samples) and keep this
+    rank's rows rank, rank + world_size, ... (the samples index_batches gives it), so that with
+    one generator seeded alike on every rank, N ranks draw what one process would."""
+    r, world = shard
+    shape = (n,) if isinstance(n, int) else tuple(n)
+    u = torch.rand((shape[0] * world, *shape[1:]), device=device, generator=generator)
+    return u[r::world] * (high - low) + low
 
 
-def random_crop_boxes(n, scale, ratio, device, generator=None, attempts=10):
+def random_crop_boxes(n, scale, ratio, device, generator=None, attempts=10, shard=(0, 1)):
     """RandomResizedCrop boxes for n images at once, as (width, height, cx, cy) fractions of
     the source image. Same law as torchvision's: area ~ U(scale), log-ratio ~ U(log ratio), up to
     `attempts` rejections, then the whole image (torchvision falls back to a centre crop)."""
-    area = _rand((n, attempts), device, generator, *scale)
-    log_r = _rand((n, attempts), device, generator, math.log(ratio[0]), math.log(ratio[1]))
+    area = _rand((n, attempts), device, generator, *scale, shard=shard)
+    log_r = _rand((n, attempts), device, generator, math.log(ratio[0]), math.log(ratio[1]),
+                  shard=shard)
     r = torch.exp(log_r)
     w = torch.sqrt(area * r)
     h = torch.sqrt(area / r)
@@ -533,8 +983,8 @@ def random_crop_boxes(n, scale, ratio, device, generator=None, attempts=10):
     idx = first.clamp(min=0).unsqueeze(1)
     w = torch.where(first >= 0, w.gather(1, idx).squeeze(1), torch.ones(n, device=device))
     h = torch.where(first >= 0, h.gather(1, idx).squeeze(1), torch.ones(n, device=device))
-    cx = (1 - w) * _rand(n, device, generator) + w / 2
-    cy = (1 - h) * _rand(n, device, generator) + h / 2
+    cx = (1 - w) * _rand(n, device, generator, shard=shard) + w / 2
+    cy = (1 - h) * _rand(n, device, generator, shard=shard) + h / 2
     return w, h, cx, cy
 
 
@@ -549,9 +999,9 @@ def crop_theta(w, h, cx, cy, flip_x=None, flip_y=None, rot90=None):
     b = w.shape[0]
     # rows act on output (x, y); start with the rotation/flip part R (B, 2, 2), then scale
     rot = torch.eye(2, device=w.device).repeat(b, 1, 1)
-    if rot90 is not None:
-        cos = torch.tensor([1.0, 0.0, -1.0, 0.0], device=w.device)[rot90]
-        sin = torch.tensor([0.0, 1.0, 0.0, -1.0], device=w.device)[rot90]
+    if rot90 is not None:  # cos and sin of k quarter turns, exactly 1, 0 or -1 (no host copy)
+        cos = torch.cos(rot90.float() * (math.pi / 2)).round()
+        sin = torch.sin(rot90.float() * (math.pi / 2)).round()
         rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], 1)
     if flip_x is not None:
         rot[:, :, 0] = torch.where(flip_x.unsqueeze(1), -rot[:, :, 0], rot[:, :, 0])
@@ -610,7 +1060,19 @@ def gaussian_blur(x, sigma, kernel_size):
     return y.view(b, c, h, w)
 
 
-class ClassificationAugment:
+class _BatchAugment:
+    """What both augmentations share: `generator` (None: torch's global RNG) and `shard`
+    (rank, world_size) under torchrun (see _rand); the training loops set both per epoch."""
+
+    generator = None
+    shard = (0, 1)
+
+    def _uniform(self, x):
+        """U(low=0, high=1) draws, one per sample of the batch x: self._uniform(x)(low, high)."""
+        return functools.partial(_rand, x.shape[0], x.device, self.generator, shard=self.shard)
+
+
+class ClassificationAugment(_BatchAugment):
     """Per-sample random augmentation of a uint8 batch on its own device (Problem 1).
 
     out = normalize(solarize?(blur?(gray?(jitter?(flip?(random_resized_crop(x))))))), each "?" an
@@ -635,50 +1097,49 @@ class ClassificationAugment:
 
     def __call__(self, x):
         x = to_float(x)
-        n, dev, g = x.shape[0], x.device, self.generator
         if not self.train:
             if x.shape[-2:] != self.size:
                 x = F.interpolate(x, size=self.size, mode="bilinear", antialias=True,
                                   align_corners=False)
             return normalize(x)
-        w, h, cx, cy = random_crop_boxes(n, self.scale, self.ratio, dev, g)
-        flip = _rand(n, dev, g) < self.p_flip
+        rand, coin = self._uniform(x), (-1, 1, 1, 1)
+        w, h, cx, cy = random_crop_boxes(x.shape[0], self.scale, self.ratio, x.device,
+                                         self.generator, shard=self.shard)
+        flip = rand() < self.p_flip
         x = warp(x, crop_theta(w, h, cx, cy, flip_x=flip), self.size)  # (B, 3, S, S)
         if self.p_jitter > 0 and any(self.jitter):
-            x = torch.where((_rand(n, dev, g) < self.p_jitter).view(-1, 1, 1, 1),
-                            self._jitter(x), x)
+            x = torch.where((rand() < self.p_jitter).view(coin), self._jitter(x), x)
         if self.p_gray > 0:
-            x = torch.where((_rand(n, dev, g) < self.p_gray).view(-1, 1, 1, 1),
-                            rgb_to_gray(x).expand_as(x), x)
+            x = torch.where((rand() < self.p_gray).view(coin), rgb_to_gray(x).expand_as(x), x)
         if self.p_blur > 0:
-            sigma = _rand(n, dev, g, *self.blur_sigma)
-            x = torch.where((_rand(n, dev, g) < self.p_blur).view(-1, 1, 1, 1),
+            sigma = rand(*self.blur_sigma)
+            x = torch.where((rand() < self.p_blur).view(coin),
                             gaussian_blur(x, sigma, self.kernel_size), x)
         if self.p_solarize > 0:
-            x = torch.where((_rand(n, dev, g) < self.p_solarize).view(-1, 1, 1, 1),
+            x = torch.where((rand() < self.p_solarize).view(coin),
                             torch.where(x < 0.5, x, 1.0 - x), x)
         return normalize(x)
 
     def _jitter(self, x):
-        n, dev, g = x.shape[0], x.device, self.generator
+        rand = self._uniform(x)
         b, c, s, hue = self.jitter
         view = (-1, 1, 1, 1)
         if b:
-            x = (x * _rand(n, dev, g, 1 - b, 1 + b).view(view)).clamp(0, 1)
+            x = (x * rand(1 - b, 1 + b).view(view)).clamp(0, 1)
         if c:
             mean = rgb_to_gray(x).mean((1, 2, 3), keepdim=True)
-            x = ((x - mean) * _rand(n, dev, g, 1 - c, 1 + c).view(view) + mean).clamp(0, 1)
+            x = ((x - mean) * rand(1 - c, 1 + c).view(view) + mean).clamp(0, 1)
         if s:
             gray = rgb_to_gray(x)
-            x = ((x - gray) * _rand(n, dev, g, 1 - s, 1 + s).view(view) + gray).clamp(0, 1)
+            x = ((x - gray) * rand(1 - s, 1 + s).view(view) + gray).clamp(0, 1)
         if hue:
             hsv = rgb_to_hsv(x)
-            hsv[:, 0] = (hsv[:, 0] + _rand(n, dev, g, -hue, hue).view(-1, 1, 1)) % 1.0
+            hsv[:, 0] = (hsv[:, 0] + rand(-hue, hue).view(-1, 1, 1)) % 1.0
             x = hsv_to_rgb(hsv).clamp(0, 1)
         return x
 
 
-class SegmentationAugment:
+class SegmentationAugment(_BatchAugment):
     """Joint per-sample augmentation of (image uint8 (B,3,H,W), mask uint8 (B,H,W)) (Problem 2).
 
     Each sample draws a horizontal flip, a vertical flip, a quarter turn k in 0..3 (square
@@ -694,15 +1155,15 @@ class SegmentationAugment:
 
     def __call__(self, image, mask):
         x = to_float(image)
-        n, dev, g = x.shape[0], x.device, self.generator
+        rand = self._uniform(x)
         size = self.size or tuple(x.shape[-2:])
-        s = _rand(n, dev, g, self.min_scale, 1.0)  # crop side, a fraction of the image side
-        cx = (1 - s) * _rand(n, dev, g) + s / 2
-        cy = (1 - s) * _rand(n, dev, g) + s / 2
+        s = rand(self.min_scale, 1.0)  # crop side, a fraction of the image side
+        cx = (1 - s) * rand() + s / 2
+        cy = (1 - s) * rand() + s / 2
         square = x.shape[-1] == x.shape[-2] and size[0] == size[1]
-        k = (torch.randint(0, 4, (n,), device=dev, generator=g) if self.rotate and square else None)
-        theta = crop_theta(s, s, cx, cy, flip_x=_rand(n, dev, g) < self.p_flip,
-                           flip_y=_rand(n, dev, g) < self.p_flip, rot90=k)
+        k = rand(0, 4).floor().long().clamp(max=3) if self.rotate and square else None
+        theta = crop_theta(s, s, cx, cy, flip_x=rand() < self.p_flip,
+                           flip_y=rand() < self.p_flip, rot90=k)
         x = warp(x, theta, size, mode="bilinear")
         m = warp(mask.unsqueeze(1).float(), theta, size, mode="nearest")
         return normalize(x), m.squeeze(1).round().long()
@@ -747,10 +1208,17 @@ def read_mask(path):
 
 def write_mask(path, classes):
     """Write a prediction as an RGB palette PNG atomically (temp file + os.replace)."""
-    path = Path(path)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as f:
-        Image.fromarray(classes_to_rgb(classes), mode="RGB").save(f, format="PNG")
-    os.replace(f.name, path)
+    save_image(path, Image.fromarray(classes_to_rgb(classes), mode="RGB"))
+
+
+def save_image(path, image):
+    """Save a PIL image (or an (H, W[, C]) uint8 array) atomically: whole or absent. The format
+    follows the file's extension (PNG when it has none PIL knows)."""
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.asarray(image))
+    buf = io.BytesIO()
+    image.save(buf, format=Image.registered_extensions().get(Path(path).suffix.lower(), "PNG"))
+    return atomic_write_bytes(path, buf.getvalue(), sync=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -811,13 +1279,46 @@ class ConfusionMatrix:
 # ---------------------------------------------------------------------------------------------
 # checkpoints
 # ---------------------------------------------------------------------------------------------
-def atomic_write_bytes(path, data):
+_UMASK = []
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask():
+    """The process umask, read once (reading it means setting it: a lock keeps the decoding
+    and writing threads from seeing each other's temporary value)."""
+    with _UMASK_LOCK:
+        if not _UMASK:
+            _UMASK.append(os.umask(0o022))
+            os.umask(_UMASK[0])
+        return _UMASK[0]
+
+
+def _atomic_write(path, write, sync=True):
+    """Write `path` through `write(file)` into a hidden temp file beside it, then os.replace:
+    readers see the old file or the whole new one, never a part; a failed write leaves no temp
+    file behind. The result gets the usual permissions (0666 minus the umask; temp files are
+    0600)."""
     path = Path(path)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
+    tmp = None
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
+                                         delete=False) as f:
+            tmp = f.name
+            write(f)
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+        tmp = None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_bytes(path, data, sync=True):
+    return _atomic_write(path, lambda f: f.write(data), sync)
 
 
 def save_checkpoint(path, model, optimizer=None, scheduler=None, scaler=None, epoch=0,
@@ -839,19 +1340,7 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, scaler=None, ep
         "args": args_dict(args),
         **extra,
     }
-    tmp = None
-    try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
-                                         delete=False) as f:
-            tmp = f.name
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return _atomic_write(path, lambda f: torch.save(state, f))
 
 
 def args_dict(args):
@@ -866,16 +1355,21 @@ def load_checkpoint(path, map_location="cpu", expect_keys=("model",)):
     """torch.load with one-line errors for a missing, truncated or foreign file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; run `bash hw1_download.sh` or train "
+        state = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise UserError(f"checkpoint {path} {state}; run `bash hw1_download.sh` or train "
                         "one first")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
-        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); it is "
-                        "truncated or not a PyTorch file - download or train it again") from None
+        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}: "
+                        f"{first_line(e, 100)}); it is truncated or not a PyTorch file - "
+                        "download or train it again") from None
     if expect_keys and not (isinstance(ckpt, dict) and all(k in ckpt for k in expect_keys)):
-        raise UserError(f"{path} is not a checkpoint of this repository (no "
-                        f"{', '.join(expect_keys)} entries)")
+        what = ("a bare state_dict" if isinstance(ckpt, dict) and ckpt
+                and all(isinstance(v, torch.Tensor) for v in ckpt.values()) else "another file")
+        raise UserError(f"{path} is not a checkpoint of this repository's training scripts "
+                        f"(no {', '.join(expect_keys)} entries: {what}); pass a best.pth or "
+                        "last.pth they wrote")
     return ckpt
 
 
@@ -893,7 +1387,8 @@ def resume_run(output_dir, model, optimizer=None, scheduler=None, scaler=None,
     last = out / "last.pth"
     if not last.exists():
         print(f"no {last} to resume from; starting at epoch 1")
-        truncate_jsonl(out / "log.jsonl", 0)
+        if is_main_process():  # under torchrun every rank loads, rank 0 alone writes
+            truncate_jsonl(out / "log.jsonl", 0)
         return 1, best_metric, 0
     ckpt = load_checkpoint(last)
     saved = ckpt.get("args") or {}
@@ -910,7 +1405,8 @@ def resume_run(output_dir, model, optimizer=None, scheduler=None, scaler=None,
         first = str(e).strip().splitlines()[0][:200]
         raise UserError(f"cannot resume from {last}: it was written with other model or "
                         f"optimizer options ({first}); start again with --overwrite") from None
-    truncate_jsonl(out / "log.jsonl", ckpt["epoch"])
+    if is_main_process():
+        truncate_jsonl(out / "log.jsonl", ckpt["epoch"])
     print(f"resumed from {last} (epoch {ckpt['epoch']})")
     return ckpt["epoch"] + 1, ckpt.get("best_metric", best_metric), ckpt.get("best_epoch", 0)
 

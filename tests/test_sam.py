@@ -5,7 +5,6 @@ a tiny randomly initialised SAM on the real satellite samples (CPU, no checkpoin
 import json
 import subprocess
 import sys
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +12,6 @@ import pytest
 import torch
 from PIL import Image
 from segment_anything import SamAutomaticMaskGenerator
-from segment_anything.modeling import (
-    ImageEncoderViT,
-    MaskDecoder,
-    PromptEncoder,
-    Sam,
-    TwoWayTransformer,
-)
 from segment_anything.utils.amg import rle_to_mask
 
 import p2_sam
@@ -34,27 +26,7 @@ LOOSE = ["--points-per-side", "3", "--pred-iou-thresh", "0", "--stability-score-
          "--box-nms-thresh", "1", "--min-mask-region-area", "0"]
 
 
-def tiny_sam(img_size=64, embed_dim=32, prompt_dim=32, seed=0):
-    """segment_anything's _build_sam with every size shrunk: a 2-block ViT on 64 px (4x4
-    tokens, one windowed block and one global one), the real prompt encoder and decoder."""
-    torch.manual_seed(seed)
-    tokens = img_size // 16
-    return Sam(
-        image_encoder=ImageEncoderViT(
-            depth=2, embed_dim=embed_dim, img_size=img_size, mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=2, patch_size=16,
-            qkv_bias=True, use_rel_pos=True, global_attn_indexes=[1], window_size=2,
-            out_chans=prompt_dim),
-        prompt_encoder=PromptEncoder(
-            embed_dim=prompt_dim, image_embedding_size=(tokens, tokens),
-            input_image_size=(img_size, img_size), mask_in_chans=4),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=1, embedding_dim=prompt_dim, mlp_dim=64,
-                                          num_heads=2),
-            transformer_dim=prompt_dim, iou_head_depth=2, iou_head_hidden_dim=32),
-        pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375],
-    ).eval()
+tiny_sam = p2_sam.tiny_sam  # a 2-block ViT SAM on 64 px, random weights
 
 
 def parse(*argv):

@@ -126,7 +126,8 @@ def test_evaluate_cli_exits_with_one_line_on_missing_folder(tmp_path):
                            str(tmp_path / "nope")], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        f"error: prediction folder {tmp_path / 'nope'} does not exist"]
+        f"error: prediction folder {tmp_path / 'nope'} does not exist; pass the folder of its "
+        "xxxx_mask.png files"]
 
 
 # --------------------------------------------------------------------------------- data sets

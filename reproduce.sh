@@ -1,0 +1,368 @@
+#!/usr/bin/env bash
+# Reproduce every experiment of the homework, then write RESULTS.md.
+#
+#   bash reproduce.sh                        # real data in hw1_data/: the full recipes (GPU, days)
+#   bash reproduce.sh --demo                 # procedural demo data, ~15 min on 2 CPU cores
+#   bash reproduce.sh --scale smoke          # smallest demo (CI), ~2-4 min on 2 CPU cores
+#   bash reproduce.sh --force                # redo the steps that are already finished
+#   PYTHON=.venv/bin/python bash reproduce.sh --demo
+#
+# Steps, in order (each one skipped when its output is already there and up to date; a training
+# run that stopped half-way is resumed from its last.pth):
+#   data        demo only: make_demo_data.py -> OUT/demo_data           (stamp: DONE)
+#   byol        p1_pretrain_byol.py   -> RUNS/byol/backbone.pth, loss.png
+#   finetune    p1_finetune.py --setting all -> RUNS/p1_finetune/{A..E}, OUT/p1_table.json
+#   tsne        p1_tsne.py            -> OUT/p1_tsne_C.png
+#   fcn32s      p2_train_fcn32s.py    -> RUNS/p2_fcn32s (best.pth, curves.png, snapshots.png)
+#   deeplabv3   p2_train_deeplabv3.py -> RUNS/p2_deeplabv3 (same files)
+#   eval_A      p2_inference.py + p2_evaluate.py -> OUT/p2_A/*.png, OUT/p2_A_scores.json
+#   eval_B      the same for model B  -> OUT/p2_B/*.png, OUT/p2_B_scores.json
+#   sam         p2_sam.py (only with the SAM checkpoint) -> RUNS/sam_vs_b/sam_vs_model_b.json
+#   report      results_report.py     -> OUT/RESULTS.md (tables, figures, architectures, timings)
+# Step timings go to OUT/timings.json.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PY=${PYTHON:-python3}
+
+usage() {
+  cat <<'EOF'
+usage: bash reproduce.sh [--demo] [--scale smoke|demo] [--out DIR] [--runs DIR] [--data DIR]
+                         [--sam-checkpoint PATH] [--force] [--keep-checkpoints]
+
+  --demo              run the whole chain on make_demo_data.py output even if hw1_data/ exists
+                      (the demo is also what runs when the real data is missing)
+  --scale smoke|demo  size of the demo (implies --demo): smoke = the smallest chain (CI, a few
+                      minutes on 2 CPU cores), demo = a bigger one (~15 min on 2 CPU cores);
+                      default demo
+  --out DIR           results: RESULTS.md, timings.json, p1_table.json, masks, scores
+                      (default results/ for the real data, results/demo-SCALE/ for the demo)
+  --runs DIR          run folders (default runs/ with the real data and the default --out,
+                      else OUT/runs)
+  --data DIR          the real hw1_data folder (default hw1_data)
+  --sam-checkpoint P  SAM ViT-H weights (default checkpoints/sam_vit_h_4b8939.pth); the SAM
+                      step is skipped, with the reason in RESULTS.md, when the file is missing
+  --force             redo every step, even finished ones (training runs start again)
+  --keep-checkpoints  demo: keep every checkpoint (by default the demo deletes last.pth and
+                      epoch_XXX.pth files no later step reads, ~5 GB at the smoke scale)
+  -h, --help          this text
+EOF
+}
+
+# ------------------------------------------------------------------------------- options
+DEMO=0
+SCALE=""
+OUT=""
+RUNS=""
+DATA=hw1_data
+SAM_CKPT=checkpoints/sam_vit_h_4b8939.pth
+FORCE=0
+KEEP_CKPT=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --demo) DEMO=1 ;;
+    --scale) SCALE=${2:?--scale needs smoke or demo}; DEMO=1; shift ;;
+    --out) OUT=${2:?--out needs a folder}; shift ;;
+    --runs) RUNS=${2:?--runs needs a folder}; shift ;;
+    --data) DATA=${2:?--data needs a folder}; shift ;;
+    --sam-checkpoint) SAM_CKPT=${2:?--sam-checkpoint needs a path}; shift ;;
+    --force) FORCE=1 ;;
+    --keep-checkpoints) KEEP_CKPT=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "error: unknown option $1 (see bash reproduce.sh --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+case "${SCALE:-demo}" in
+  smoke|demo) ;;
+  *) echo "error: --scale must be smoke or demo, not $SCALE" >&2; exit 2 ;;
+esac
+
+# Paths given relative to the caller's folder; shown relative to the repository when inside it.
+abspath() { realpath -m --relative-base="$ROOT" "$1"; }
+DATA=$(abspath "$DATA")
+SAM_CKPT=$(abspath "$SAM_CKPT")
+[ -n "$OUT" ] && OUT=$(abspath "$OUT")
+[ -n "$RUNS" ] && RUNS=$(abspath "$RUNS")
+cd "$ROOT"
+
+REAL_REASON=""
+if [ "$DEMO" = 0 ]; then
+  for d in "$DATA/p1_data/mini/train" "$DATA/p1_data/office" "$DATA/p2_data/train" \
+           "$DATA/p2_data/validation"; do
+    if [ ! -d "$d" ]; then
+      REAL_REASON="the real data is missing ($d not found; bash hw1_download.sh data fetches it)"
+      DEMO=1
+      break
+    fi
+  done
+else
+  REAL_REASON="the demo was asked for (--demo or --scale)"
+fi
+if [ "$DEMO" = 1 ]; then
+  SCALE=${SCALE:-demo}
+  MODE=demo
+  OUT=${OUT:-results/demo-$SCALE}
+  RUNS=${RUNS:-$OUT/runs}
+  DATA=$OUT/demo_data
+  echo "== DEMO: $REAL_REASON."
+  echo "   Running the whole chain at the '$SCALE' scale on procedural data (make_demo_data.py)"
+  echo "   with random initialisation: the numbers exercise the code and mean nothing for the"
+  echo "   real task."
+else
+  SCALE=full
+  MODE=real
+  OUT=${OUT:-results}
+  if [ -z "$RUNS" ]; then
+    if [ "$OUT" = results ]; then RUNS=runs; else RUNS=$OUT/runs; fi
+  fi
+  echo "== REAL DATA in $DATA: running the full recipes (each script's defaults)."
+fi
+P1=$DATA/p1_data
+P2=$DATA/p2_data
+VAL=$P2/validation
+mkdir -p "$OUT" "$RUNS"
+
+# ------------------------------------------------------------------------- scale settings
+# Extra flags per script. The real run adds none: each script's defaults are its full recipe.
+# The demo trains at tiny sizes on CPU: ResNet50 at 32 px, both segmentation models at 64/128 px,
+# from random weights (--no-pretrained: no downloads). Model B stays DeepLabV3-ResNet50.
+DATA_ARGS=()
+BYOL_ARGS=()
+FT_ARGS=()
+TSNE_ARGS=()
+SEG_ARGS=()
+SAM_ARGS=()
+case "$SCALE" in
+  smoke)
+    DATA_ARGS=(--mini-classes 8 --mini-per-class 4 --mini-size 32 --office-classes 8
+               --office-train-per-class 2 --office-val-per-class 1
+               --seg-train 4 --seg-val 1 --seg-size 64)
+    BYOL_ARGS=(--epochs 1 --batch-size 8 --image-size 32 --projection-hidden-size 256)
+    FT_ARGS=(--epochs 1 --batch-size 8 --image-size 32 --bank-size 40 --warmup-epochs 0)
+    SEG_ARGS=(--no-pretrained --epochs 2 --batch-size 4 --image-size 64 --workers 2)
+    SAM_ARGS=(--ids 0013 0062 0104)
+    ;;
+  demo)
+    # fewer classes than the real 65 (labels 0..15 of the same 65-way head), so a few CPU
+    # epochs can get above chance
+    DATA_ARGS=(--mini-classes 16 --mini-per-class 32 --mini-size 40
+               --office-classes 16 --office-train-per-class 16 --office-val-per-class 4
+               --seg-train 24 --seg-val 6 --seg-size 128)
+    BYOL_ARGS=(--epochs 4 --batch-size 32 --image-size 32 --projection-hidden-size 1024)
+    FT_ARGS=(--epochs 6 --batch-size 32 --image-size 32 --bank-size 40 --warmup-epochs 1)
+    SEG_ARGS=(--no-pretrained --epochs 4 --batch-size 4 --image-size 128 --workers 2)
+    SAM_ARGS=(--ids 0013 0062 0104)
+    ;;
+esac
+
+# ------------------------------------------------------------------------------- helpers
+STEP_COMMANDS=""
+run() {  # print a command, remember it for timings.json, run it
+  echo "+ $*"
+  STEP_COMMANDS="${STEP_COMMANDS:+$STEP_COMMANDS ; }$*"
+  "$@"
+}
+
+record() {  # record STEP STATUS SECONDS [NOTE]
+  "$PY" results_report.py --out "$OUT" --record "$1" --status "$2" --seconds "$3" \
+    --command "$STEP_COMMANDS" --note "${4:-}"
+}
+
+step() {  # step NAME FUNCTION: run FUNCTION (which skips itself or runs), time it, record it
+  local name=$1 fn=$2 t0 t1 secs
+  STEP_COMMANDS=""
+  SKIP_REASON=""
+  echo
+  echo "== [$name]"
+  t0=$EPOCHREALTIME
+  "$fn"
+  t1=$EPOCHREALTIME
+  if [ -n "$SKIP_REASON" ]; then
+    echo "== [$name] skip: $SKIP_REASON"
+    record "$name" skipped 0 "$SKIP_REASON"
+  else
+    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+    echo "== [$name] done in ${secs} s"
+    record "$name" ran "$secs"
+  fi
+}
+
+skip() { SKIP_REASON=$1; }
+
+run_complete() {  # run_complete RUN_DIR FILE: FILE exists and the log has every epoch asked for
+  [ -f "$1/$2" ] || return 1
+  "$PY" - "$1" <<'EOF'
+import json, sys
+from pathlib import Path
+run = Path(sys.argv[1])
+try:  # args.json is rewritten at every (re)start, so it holds the epochs of the latest command
+    epochs = json.loads((run / "args.json").read_text())["epochs"]
+    lines = [ln for ln in (run / "log.jsonl").read_text().splitlines() if ln.strip()]
+    sys.exit(0 if lines and json.loads(lines[-1])["epoch"] >= epochs else 1)
+except (OSError, ValueError, KeyError):
+    sys.exit(1)
+EOF
+}
+
+train_mode() {  # train_mode UPSTREAM_FILE RUN_DIR OUTPUT: print skip, --resume or --overwrite
+  local upstream=$1 dir=$2 output=$3
+  if [ "$FORCE" = 1 ]; then echo --overwrite; return; fi
+  # a run started before its input changed starts again, finished or not
+  if [ -n "$upstream" ] && [ -f "$dir/args.json" ] && [ "$upstream" -nt "$dir/args.json" ]; then
+    echo --overwrite
+  elif run_complete "$dir" "$output"; then
+    echo skip
+  elif [ -f "$dir/last.pth" ]; then
+    echo --resume
+  else  # nothing to resume: (re)start; --resume on a fresh folder is what the script can't do
+    echo --overwrite
+  fi
+}
+
+up_to_date() {  # up_to_date OUTPUT INPUT: OUTPUT exists, is newer than INPUT, and no --force
+  [ "$FORCE" = 0 ] && [ -f "$1" ] && [ "$1" -nt "$2" ]
+}
+
+prune() {  # demo only: delete checkpoints that no later step reads
+  if [ "$MODE" = demo ] && [ "$KEEP_CKPT" = 0 ]; then
+    echo "+ rm $*  (demo: not read by later steps; --keep-checkpoints keeps them)"
+    rm -f "$@"
+  fi
+}
+
+# --------------------------------------------------------------------------------- steps
+step_data() {
+  if [ "$FORCE" = 0 ] && [ -f "$DATA/DONE" ]; then
+    skip "$DATA/DONE exists"
+    return
+  fi
+  run "$PY" make_demo_data.py --out "$DATA" --overwrite "${DATA_ARGS[@]}"
+  echo "make_demo_data.py ${DATA_ARGS[*]}" > "$DATA/DONE"
+}
+
+step_byol() {
+  local mode
+  mode=$(train_mode "" "$RUNS/byol" backbone.pth)
+  if [ "$mode" = skip ]; then
+    skip "$RUNS/byol finished all its epochs"
+    return
+  fi
+  run "$PY" p1_pretrain_byol.py --data-dir "$P1/mini/train" --output-dir "$RUNS/byol" \
+    "$mode" "${BYOL_ARGS[@]}"
+  prune "$RUNS/byol/best.pth" "$RUNS/byol/last.pth"
+}
+
+step_finetune() {
+  local s mode table=$OUT/p1_table.json all_skip=1 all_new=1
+  local -A modes=()
+  local common=(--data-dir "$P1/office" --backbone "$RUNS/byol/backbone.pth"
+                --sl-backbone "$P1/pretrain_model_SL.pt" --output-dir "$RUNS/p1_finetune"
+                --results-dir "$OUT" "${FT_ARGS[@]}")
+  for s in A B C D E; do
+    case $s in
+      A) mode=$(train_mode "" "$RUNS/p1_finetune/$s" best.pth) ;;
+      B|D) mode=$(train_mode "$P1/pretrain_model_SL.pt" "$RUNS/p1_finetune/$s" best.pth) ;;
+      C|E) mode=$(train_mode "$RUNS/byol/backbone.pth" "$RUNS/p1_finetune/$s" best.pth) ;;
+    esac
+    if [ "$mode" = skip ] && ! [ "$table" -nt "$RUNS/p1_finetune/$s/log.jsonl" ]; then
+      # finished, but p1_table.json is missing or older: --resume rewrites the row from last.pth
+      if [ -f "$RUNS/p1_finetune/$s/last.pth" ]; then mode=--resume; else mode=--overwrite; fi
+    fi
+    modes[$s]=$mode
+    [ "$mode" = skip ] || all_skip=0
+    [ "$mode" = --overwrite ] || all_new=0
+  done
+  if [ "$all_skip" = 1 ]; then
+    skip "settings A-E finished and $table is up to date"
+    return
+  fi
+  if [ "$all_new" = 1 ]; then
+    run "$PY" p1_finetune.py --setting all --overwrite "${common[@]}"
+  else  # some settings finished or half-done: each one left alone, resumed or redone
+    for s in A B C D E; do
+      if [ "${modes[$s]}" = skip ]; then
+        echo "setting $s: finished, left as it is"
+      else
+        run "$PY" p1_finetune.py --setting "$s" "${modes[$s]}" "${common[@]}"
+      fi
+    done
+  fi
+  for s in A B D E; do  # C keeps epoch_first.pth and last.pth for the t-SNE
+    prune "$RUNS/p1_finetune/$s/last.pth" "$RUNS/p1_finetune/$s/epoch_first.pth"
+  done
+}
+
+step_tsne() {
+  if up_to_date "$OUT/p1_tsne_C.png" "$RUNS/p1_finetune/C/last.pth"; then
+    skip "$OUT/p1_tsne_C.png is newer than C/last.pth"
+    return
+  fi
+  run "$PY" p1_tsne.py --first "$RUNS/p1_finetune/C/epoch_first.pth" \
+    --last "$RUNS/p1_finetune/C/last.pth" --data-dir "$P1/office" \
+    --output "$OUT/p1_tsne_C.png" "${TSNE_ARGS[@]}"
+}
+
+train_segmentation() {  # train_segmentation SCRIPT RUN_DIR
+  local script=$1 dir=$2 mode
+  mode=$(train_mode "" "$dir" best.pth)
+  if [ "$mode" = skip ]; then
+    skip "$dir finished all its epochs"
+    return
+  fi
+  run "$PY" "$script" --data-dir "$P2" --output-dir "$dir" "$mode" "${SEG_ARGS[@]}"
+  prune "$dir/last.pth" "$dir"/epoch_*.pth
+}
+
+step_fcn32s() { train_segmentation p2_train_fcn32s.py "$RUNS/p2_fcn32s"; }
+step_deeplabv3() { train_segmentation p2_train_deeplabv3.py "$RUNS/p2_deeplabv3"; }
+
+evaluate_model() {  # evaluate_model A|B RUN_DIR: validation masks, then the course's mIoU
+  local model=$1 dir=$2
+  if up_to_date "$OUT/p2_${model}_scores.json" "$dir/best.pth"; then
+    skip "$OUT/p2_${model}_scores.json is newer than $dir/best.pth"
+    return
+  fi
+  run "$PY" p2_inference.py --input-dir "$VAL" --output-dir "$OUT/p2_$model" \
+    --checkpoint "$dir/best.pth"
+  run "$PY" p2_evaluate.py -g "$VAL" -p "$OUT/p2_$model" --json "$OUT/p2_${model}_scores.json"
+}
+
+step_eval_A() { evaluate_model A "$RUNS/p2_fcn32s"; }
+step_eval_B() { evaluate_model B "$RUNS/p2_deeplabv3"; }
+
+step_sam() {
+  if [ ! -f "$SAM_CKPT" ]; then
+    skip "SAM checkpoint $SAM_CKPT not found; bash hw1_download.sh sam fetches it"
+    return
+  fi
+  if up_to_date "$RUNS/sam_vs_b/sam_vs_model_b.json" "$OUT/p2_B_scores.json"; then
+    skip "$RUNS/sam_vs_b/sam_vs_model_b.json is newer than model B's masks"
+    return
+  fi
+  # the real run scores SAM on the whole validation split; the demo on the report's 3 images
+  run "$PY" p2_sam.py --checkpoint "$SAM_CKPT" --model-type vit_h --input "$VAL" \
+    --output-dir "$RUNS/sam_vs_b" --gt-dir "$VAL" --pred-dir "$OUT/p2_B" \
+    --figure-ids 0013 0062 0104 "${SAM_ARGS[@]}"
+}
+
+# ---------------------------------------------------------------------------------- main
+"$PY" results_report.py --out "$OUT" --record-run --mode "$MODE" --scale "$SCALE" \
+  --data-root "$DATA" --runs-dir "$RUNS" --reason "$REAL_REASON" --force-run "$FORCE"
+
+T_START=$EPOCHREALTIME
+[ "$MODE" = demo ] && step data step_data
+step byol step_byol
+step finetune step_finetune
+step tsne step_tsne
+step fcn32s step_fcn32s
+step deeplabv3 step_deeplabv3
+step eval_A step_eval_A
+step eval_B step_eval_B
+step sam step_sam
+
+echo
+echo "== [report]"
+run "$PY" results_report.py --out "$OUT"
+echo "== all steps in $(awk -v a="$T_START" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", b - a }') s;" \
+  "results in $OUT/RESULTS.md"

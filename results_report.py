@@ -1,0 +1,540 @@
+"""Write RESULTS.md from what reproduce.sh's steps left behind, and summarise models A and B.
+
+    # the report of a reproduce.sh run (reads OUT/reproduce.json, OUT/timings.json and the
+    # files of every step; missing ones are reported as missing)
+    python3 results_report.py --out results
+    # only the architecture tables of models A (FCN32s) and B (DeepLabV3-ResNet50), as markdown
+    python3 results_report.py --arch-only
+    python3 results_report.py --arch-only --input-size 256 --output results/architectures.md
+    # what reproduce.sh calls: remember the run's settings, then each step's time
+    python3 results_report.py --out results --record-run --mode real --scale full \\
+        --data-root hw1_data --runs-dir runs
+    python3 results_report.py --out results --record byol --status ran --seconds 12.3 \\
+        --command "python3 p1_pretrain_byol.py ..."
+
+Inputs, relative to --out (OUT) and the run folder (RUNS, from reproduce.json or --runs-dir):
+    OUT/p1_table.json                 p1_finetune.py's settings A-E
+    OUT/p2_{A,B}_scores.json          p2_evaluate.py --json on the written validation masks
+    RUNS/p2_{fcn32s,deeplabv3}/log.jsonl   the best epoch's val mIoU and per-class IoU
+    RUNS/sam_vs_b/sam_vs_model_b.json p2_sam.py's SAM-vs-model-B comparison (when SAM ran)
+    OUT/timings.json                  {step: {status, seconds, command, note, finished}}
+    figures: RUNS/byol/loss.png, OUT/p1_tsne_C.png, RUNS/p1_finetune/*/curves.png,
+             RUNS/p2_*/{curves,snapshots}.png, RUNS/sam_vs_b/{sam_figure,sam_vs_model_b}.png
+
+Architecture tables: each model is built by its training script's build_model(cfg,
+load_pretrained=False) and run once on a 1x3xSxS input (S = --input-size, default 512) on
+PyTorch's "meta" device, so forward hooks see every output shape without any arithmetic (about
+a second for both models). The layers listed partition the model's parameters: the rows add up
+to sum(p.numel() for p in model.parameters()), which the total row shows.
+
+Only json/argparse are imported at the top: --record runs once per step and stays instant;
+torch and the model scripts are imported when the architecture tables are built.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+SETTINGS = ("A", "B", "C", "D", "E")
+SEG_CLASSES = ("Urban", "Agriculture", "Rangeland", "Forest", "Water", "Barren")  # scored 0..5
+# The report in ../shared/seeds (HW1_SPEC.md, "Numbers to beat"), validation, percent.
+REPORT_ACC = {"A": 45.8, "B": 52.0, "C": 48.5, "D": 37.2, "E": 16.7}
+REPORT_MIOU = {"A": 73.4, "B": 75.9}
+MODELS = {  # model letter: (name, run folder under RUNS, training script)
+    "A": ("VGG16-FCN32s", "p2_fcn32s", "p2_train_fcn32s.py"),
+    "B": ("DeepLabV3-ResNet50", "p2_deeplabv3", "p2_train_deeplabv3.py"),
+}
+# Pipeline order of reproduce.sh's steps, and what each produces (for the timing table).
+STEPS = {
+    "data": "demo data (make_demo_data.py)",
+    "byol": "BYOL pre-training (p1_pretrain_byol.py)",
+    "finetune": "fine-tuning A-E (p1_finetune.py --setting all)",
+    "tsne": "t-SNE of setting C (p1_tsne.py)",
+    "fcn32s": "model A: FCN32s training (p2_train_fcn32s.py)",
+    "deeplabv3": "model B: DeepLabV3 training (p2_train_deeplabv3.py)",
+    "eval_A": "model A: validation masks + mIoU (p2_inference.py, p2_evaluate.py)",
+    "eval_B": "model B: validation masks + mIoU (p2_inference.py, p2_evaluate.py)",
+    "sam": "SAM automatic masks vs model B (p2_sam.py)",
+}
+DEMO_WARNING = (
+    "**DEMO RUN.** {reason}. Every number below comes from a tiny run on procedural images "
+    "written by `make_demo_data.py` (scale `{scale}`), with random initialisation "
+    "(`--no-pretrained`; its `pretrain_model_SL.pt` is randomly initialised, so B/D start like "
+    "A) and a few CPU epochs. The numbers show that the chain runs end to end; they mean "
+    "nothing for the real task.")
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(
+        "results_report", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Write OUT/RESULTS.md from the outputs of reproduce.sh's steps (tables, "
+                    "figure paths, timings, architecture summaries); or print only the "
+                    "architecture tables (--arch-only); or record a step (--record, "
+                    "--record-run; used by reproduce.sh).")
+    parser.add_argument("--out", type=Path, default=Path("results"),
+                        help="results folder of reproduce.sh (RESULTS.md is written there)")
+    parser.add_argument("--runs-dir", type=Path, default=None,
+                        help="run folder (default: the one in OUT/reproduce.json, else runs)")
+    parser.add_argument("--input-size", type=int, default=512,
+                        help="side of the dummy input of the architecture tables")
+    parser.add_argument("--no-arch", dest="arch", action="store_false",
+                        help="leave the architecture tables out of RESULTS.md")
+
+    g = parser.add_argument_group("architecture tables only")
+    g.add_argument("--arch-only", action="store_true",
+                   help="print the tables of models A and B (or write them to --output)")
+    g.add_argument("--output", type=Path, default=None, help="markdown file for --arch-only")
+
+    g = parser.add_argument_group("recording (reproduce.sh)")
+    g.add_argument("--record", metavar="STEP", default=None,
+                   help="add STEP's status/time/command to OUT/timings.json and exit")
+    g.add_argument("--status", choices=["ran", "skipped"], default="ran",
+                   help="ran: it ran now (its time is kept); skipped: its output was there")
+    g.add_argument("--seconds", type=float, default=0.0, help="wall time of the step")
+    g.add_argument("--command", default="", help="the command line(s) the step ran")
+    g.add_argument("--note", default="", help="why it was skipped, or a remark")
+    g.add_argument("--record-run", action="store_true",
+                   help="write OUT/reproduce.json (mode, scale, data, runs) and exit; refuses "
+                        "an OUT of another mode/scale unless --force-run 1")
+    g.add_argument("--mode", choices=["real", "demo"], default="real", help="for --record-run")
+    g.add_argument("--scale", default="full", help="for --record-run: full, smoke or demo")
+    g.add_argument("--data-root", default="hw1_data", help="for --record-run")
+    g.add_argument("--reason", default="", help="for --record-run: why the demo runs")
+    g.add_argument("--force-run", type=int, default=0, help="for --record-run (reproduce --force)")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------------------------
+def read_json(path):
+    """The parsed file, or None when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path, obj):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path):
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def pct(v):
+    """0.4567 -> '45.7'; missing/NaN -> 'n/a'."""
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def iou(v):
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def link(path, base):
+    """Markdown link to `path` relative to RESULTS.md's folder, or a note that it is missing."""
+    path, base = Path(path), Path(base)
+    rel = os.path.relpath(path, base)
+    return f"[{rel}]({rel})" if path.exists() else f"`{rel}` (missing)"
+
+
+def git_sha():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------------
+# recording (called by reproduce.sh)
+# ---------------------------------------------------------------------------------------------
+def record_step(out, step, status, seconds, command="", note=""):
+    """Merge one step into OUT/timings.json. A skipped step keeps the time and command of the
+    run that produced its output, so the table still says what the result cost."""
+    path = Path(out) / "timings.json"
+    timings = read_json(path) or {}
+    old = timings.get(step, {})
+    entry = {"status": status, "seconds": round(seconds, 1), "command": command, "note": note,
+             "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+    if status == "skipped":
+        entry.update(seconds=old.get("seconds"), command=old.get("command") or command,
+                     ran_at=old.get("finished") if old.get("status") == "ran"
+                     else old.get("ran_at"))
+    timings[step] = entry
+    write_json(path, timings)
+    return timings
+
+
+def record_run(out, mode, scale, data_root, runs_dir, reason="", force=False):
+    """OUT/reproduce.json; an OUT holding a run of another mode or scale is refused (its
+    checkpoints would be resumed with other flags) unless force."""
+    path = Path(out) / "reproduce.json"
+    old = read_json(path)
+    if old and not force and (old.get("mode"), old.get("scale")) != (mode, scale):
+        raise SystemExit(f"error: {out} holds a {old.get('mode')} run at scale "
+                         f"{old.get('scale')}, not {mode}/{scale}; pass --force to redo it "
+                         "there, or choose another --out")
+    info = {"mode": mode, "scale": scale, "data_root": str(data_root), "runs_dir": str(runs_dir),
+            "reason": reason, "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "git_sha": git_sha()}
+    write_json(path, info)
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# architecture tables
+# ---------------------------------------------------------------------------------------------
+def _params(modules):
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def _conv_text(conv):
+    k, s, d = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
+    text = f"conv{k}x{k} {conv.out_channels}"
+    if s > 1:
+        text += f" /{s}"
+    if d > 1:
+        text += f" dil {d}"
+    return text
+
+
+def fcn32s_rows(model):
+    """[(layer, description, [modules], module whose output shape is shown)] of FCN32s."""
+    from torch import nn
+
+    rows, block, stage = [], [], 1
+    for m in model.features:  # VGG16: 5 stages of 3x3 convs, each closed by a 2x2 max-pool
+        block.append(m)
+        if isinstance(m, nn.MaxPool2d):
+            convs = [c for c in block if isinstance(c, nn.Conv2d)]
+            rows.append((f"features: conv{stage} + pool{stage}",
+                         f"{len(convs)} x {_conv_text(convs[0])} + ReLU, max-pool /2",
+                         block, m))
+            block, stage = [], stage + 1
+    up = model.upscore
+    rows += [
+        ("fc6", f"{_conv_text(model.fc6)} (fully connected as a conv) + ReLU + dropout",
+         [model.fc6], model.fc6),
+        ("fc7", f"{_conv_text(model.fc7)} + ReLU + dropout", [model.fc7, model.drop], model.fc7),
+        ("score", f"{_conv_text(model.score)}: one score per class per 32x32 block",
+         [model.score], model.score),
+        ("upscore", f"transposed conv{up.kernel_size[0]}x{up.kernel_size[0]} stride "
+         f"{up.stride[0]} (bilinear init), on the score map padded by one cell",
+         [up], up),
+        ("crop (output)", "crop back to the input size", [], model),
+    ]
+    return rows
+
+
+def deeplabv3_rows(model):
+    """Rows of torchvision's DeepLabV3 (ResNet backbone): stem, 4 stages, ASPP head, aux head."""
+    bb, head, aux = model.backbone, model.classifier, model.aux_classifier
+    rows = [("backbone: stem", f"{_conv_text(bb.conv1)} + BN + ReLU", [bb.conv1, bb.bn1], bb.bn1),
+            ("backbone: maxpool", "max-pool 3x3 /2", [bb.maxpool], bb.maxpool)]
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        layer = getattr(bb, name)
+        conv2 = layer[0].conv2  # the 3x3 conv of the first bottleneck carries stride/dilation
+        last_conv2 = layer[-1].conv2
+        rows.append((f"backbone: {name}",
+                     f"{len(layer)} bottlenecks, {layer[-1].conv3.out_channels} ch, stride "
+                     f"{conv2.stride[0]}, dilation {last_conv2.dilation[0]}", [layer], layer))
+    aspp = head[0]
+    rates = [branch[0].dilation[0] for branch in aspp.convs[1:-1]]
+    rows += [
+        ("classifier[0]: ASPP", f"1x1 + 3x3 convs at rates {', '.join(map(str, rates))} + image "
+         f"pooling, {aspp.project[0].out_channels} ch each, projected", [aspp], aspp),
+        ("classifier[1:4]", f"{_conv_text(head[1])} + BN + ReLU", [head[1], head[2], head[3]],
+         head[3]),
+        ("classifier[4]", f"{_conv_text(head[4])}: class scores", [head[4]], head[4]),
+        ("upsample (output 'out')", "bilinear to the input size", [], "out"),
+    ]
+    if aux is not None:
+        rows.append(("aux_classifier (training only)",
+                     f"FCN head on layer3: {_conv_text(aux[0])} + BN + ReLU + dropout, "
+                     f"{_conv_text(aux[4])}; its loss x --aux-weight", [aux], aux))
+    return rows
+
+
+def summarize(model, rows, input_size, device="meta"):
+    """Run the model once on (1, 3, S, S) with forward hooks on each row's module; return
+    [(layer, description, output shape, parameters)] with a row for parameters no row covers
+    (none for these two models) and the total = sum(p.numel() for p in model.parameters())."""
+    import torch
+
+    shapes, hooks = {}, []
+
+    def hook(key):
+        def fn(module, inputs, output):
+            if key not in shapes:  # a module called twice (dropout) keeps its first output
+                shapes[key] = output
+        return fn
+
+    for i, (_, _, _, target) in enumerate(rows):
+        if isinstance(target, torch.nn.Module):
+            hooks.append(target.register_forward_hook(hook(i)))
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, input_size, input_size, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+
+    def shape_of(value):
+        if isinstance(value, dict):
+            value = value["out"]
+        return "x".join(str(n) for n in value.shape)
+
+    table, covered = [], set()
+    for i, (layer, text, modules, target) in enumerate(rows):
+        value = out[target] if isinstance(target, str) else shapes.get(i)
+        covered |= {id(p) for m in modules for p in m.parameters()}
+        table.append((layer, text, "?" if value is None else shape_of(value), _params(modules)))
+    total = sum(p.numel() for p in model.parameters())
+    rest = sum(p.numel() for p in model.parameters() if id(p) not in covered)
+    if rest:
+        table.append(("(other)", "parameters of no listed layer", "", rest))
+    assert sum(r[3] for r in table) == total, "the listed layers double-count parameters"
+    return table, total
+
+
+def build_models(device="meta"):
+    """{letter: (name, model)} built by the training scripts with no pretrained weights."""
+    import torch
+
+    import p2_train_deeplabv3
+    import p2_train_fcn32s
+
+    with torch.device(device):
+        return {"A": (MODELS["A"][0], p2_train_fcn32s.build_model({}, load_pretrained=False)),
+                "B": (MODELS["B"][0], p2_train_deeplabv3.build_model(
+                    {"arch": "resnet50"}, load_pretrained=False))}
+
+
+def architecture_markdown(input_size=512):
+    """Markdown tables of models A and B (layer, output shape, parameters)."""
+    lines = [f"Generated by `results_report.py` from the models themselves: each is built by its "
+             f"training script's `build_model(cfg, load_pretrained=False)` and run on a "
+             f"1x3x{input_size}x{input_size} input on PyTorch's meta device (shapes only); "
+             "the rows partition the parameters, so they add up to the total "
+             "(`sum(p.numel() for p in model.parameters())`). Shapes are N x C x H x W.", ""]
+    for letter, (name, model) in build_models().items():
+        rows = fcn32s_rows(model) if letter == "A" else deeplabv3_rows(model)
+        table, total = summarize(model, rows, input_size)
+        lines += [f"### Model {letter}: {name} ({MODELS[letter][2]})", "",
+                  "| layer | what | output shape | parameters |", "|---|---|---|---:|",
+                  f"| input | RGB image | 1x3x{input_size}x{input_size} | 0 |"]
+        lines += [f"| {layer} | {text} | {shape} | {n:,} |" for layer, text, shape, n in table]
+        lines += [f"| **total** | | | **{total:,}** |", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# RESULTS.md sections
+# ---------------------------------------------------------------------------------------------
+def p1_section(out, runs):
+    table = read_json(out / "p1_table.json") or {}
+    lines = ["## Problem 1: BYOL pre-training, fine-tuning A-E", "",
+             "Validation accuracy on Office-Home (%), from `p1_table.json` (p1_finetune.py).", "",
+             "| setting | backbone pre-training | fine-tuning | val acc, best epoch | "
+             "val acc, last epoch | epochs | report |",
+             "|---|---|---|---|---|---|---|"]
+    for s in SETTINGS:
+        r = table.get(s)
+        if r is None:
+            lines.append(f"| {s} | | | not run | not run | | {REPORT_ACC[s]} |")
+            continue
+        lines.append(f"| {s} | {r['pretraining']} | {r['fine_tuning']} | "
+                     f"{pct(r['best_val_acc'])} (epoch {r['best_epoch']}) | "
+                     f"{pct(r['last_val_acc'])} | {r['epochs']} | {REPORT_ACC[s]} |")
+    byol = read_jsonl(runs / "byol" / "log.jsonl")
+    if byol:
+        best = min(byol, key=lambda r: r["loss"])
+        lines += ["", f"BYOL: {len(byol)} epoch(s), lowest loss {best['loss']:.4f} at epoch "
+                  f"{best['epoch']} (backbone.pth is taken there)."]
+    lines += ["", "Figures:", "",
+              f"- BYOL loss curve: {link(runs / 'byol' / 'loss.png', out)}",
+              f"- t-SNE of setting C (train set, first vs last epoch): "
+              f"{link(out / 'p1_tsne_C.png', out)}"]
+    lines += [f"- setting {s} curves: {link(runs / 'p1_finetune' / s / 'curves.png', out)}"
+              for s in SETTINGS]
+    return lines
+
+
+def best_epoch(log):
+    scored = [r for r in log if r.get("val_miou") is not None]
+    return max(scored, key=lambda r: r["val_miou"]) if scored else None
+
+
+def p2_section(out, runs):
+    lines = ["## Problem 2: semantic segmentation", "",
+             "Validation mIoU of the masks written by `p2_inference.py` (best.pth), scored by "
+             "`p2_evaluate.py` (the course's mIoU: classes 0-5 over all pixels at once), with "
+             "per-class IoU; the last column is the training log's best epoch.", "",
+             "| model | mIoU | " + " | ".join(SEG_CLASSES) + " | images | training log: best "
+             "epoch (val mIoU) | report mIoU |",
+             "|---|---|" + "---|" * len(SEG_CLASSES) + "---|---|---|"]
+    for letter, (name, run, _) in MODELS.items():
+        score = read_json(out / f"p2_{letter}_scores.json")
+        best = best_epoch(read_jsonl(runs / run / "log.jsonl"))
+        log_text = "not run" if best is None else f"{best['epoch']} ({iou(best['val_miou'])})"
+        if score is None:
+            cells = ["not scored"] + ["n/a"] * len(SEG_CLASSES) + [""]
+        else:
+            cells = ([iou(score["mean_iou"])] + [iou(score["iou"].get(c)) for c in SEG_CLASSES]
+                     + [str(score["images"])])
+        lines.append(f"| {letter}: {name} | " + " | ".join(cells)
+                     + f" | {log_text} | {REPORT_MIOU[letter]} |")
+    lines += ["", "A class absent from both truth and prediction would show as n/a and be left "
+              "out of the mean (the course scorer gives NaN there).", "", "Figures:", ""]
+    for letter, (name, run, _) in MODELS.items():
+        lines += [f"- model {letter} ({name}) curves: {link(runs / run / 'curves.png', out)}; "
+                  f"snapshots (validation 0013, 0062, 0104 at the first, middle and last "
+                  f"epoch): {link(runs / run / 'snapshots.png', out)}"]
+    return lines
+
+
+def sam_section(out, runs, timings):
+    lines = ["## SAM (segment-anything ViT-H) against model B", ""]
+    sam_dir = runs / "sam_vs_b"
+    summary = read_json(sam_dir / "sam_vs_model_b.json")
+    entry = timings.get("sam", {})
+    if summary is None:
+        reason = entry.get("note") or "the SAM step has not run"
+        lines += ["| SAM | status |", "|---|---|", f"| sam_vs_model_b | skipped: {reason} |"]
+        return lines
+    if entry.get("status") == "skipped" and entry.get("note"):
+        lines += [f"(This run skipped SAM: {entry['note']}; the table is from the earlier run "
+                  "in the same folder.)", ""]
+    names = SEG_CLASSES
+    lines += ["| prediction | mIoU | " + " | ".join(names) + " |",
+              "|---|---|" + "---|" * len(names)]
+    for key, label in (("model_b", "model B"),
+                       ("sam_relabelled", "model B relabelled by SAM masks")):
+        s = summary[key]
+        lines.append(f"| {label} | {iou(s['miou'])} | "
+                     + " | ".join(iou(s["iou"].get(n)) for n in names) + " |")
+    lines += ["", f"{summary['images']} image(s), {summary['masks']} SAM masks; mask class "
+              f"purity against ground truth {iou(summary['purity'])}, pixels under a mask "
+              f"{iou(summary['coverage'])} (definitions in sam_vs_model_b.json).", "",
+              f"- SAM figure: {link(sam_dir / 'sam_figure.png', out)}",
+              f"- SAM vs model B figure: {link(sam_dir / 'sam_vs_model_b.png', out)}"]
+    return lines
+
+
+def timing_section(timings):
+    lines = ["## Steps and wall time", "",
+             "Time of the run that produced each step's output (a step skipped in the latest "
+             "call keeps the time of the call that ran it).", "",
+             "| step | what | latest call | seconds | command |", "|---|---|---|---:|---|"]
+    total = 0.0
+    for step, what in STEPS.items():
+        t = timings.get(step)
+        if t is None:
+            continue
+        status = t["status"]
+        if status == "skipped":
+            status = "skipped" + (f" ({t['note']})" if t.get("note") else "")
+        secs = t.get("seconds")
+        total += secs or 0.0
+        command = (t.get("command") or "").replace("|", "\\|")
+        lines.append(f"| {step} | {what} | {status} | "
+                     f"{'n/a' if secs is None else f'{secs:.1f}'} | "
+                     f"{f'`{command}`' if command else ''} |")
+    lines += ["", f"Total of the steps: {total:.0f} s ({total / 60:.1f} min)."]
+    return lines
+
+
+def machine_line():
+    line = f"{platform.node()}: {platform.machine()}, {os.cpu_count()} CPU cores"
+    try:
+        import torch
+
+        line += f", torch {torch.__version__}"
+        if torch.cuda.is_available():
+            line += f", {torch.cuda.get_device_name(0)}"
+        else:
+            line += ", no GPU"
+    except ImportError:
+        pass
+    return line
+
+
+def write_report(out, runs_dir=None, arch=True, input_size=512):
+    """Write OUT/RESULTS.md; returns its text."""
+    out = Path(out)
+    info = read_json(out / "reproduce.json") or {}
+    if runs_dir is not None:
+        runs = Path(runs_dir)
+    else:  # reproduce.sh stores paths relative to the repository root when inside it
+        runs = Path(info.get("runs_dir") or "runs")
+        runs = runs if runs.is_absolute() else ROOT / runs
+    timings = read_json(out / "timings.json") or {}
+    mode = info.get("mode", "real")
+    lines = ["# Results", "",
+             f"Written by `results_report.py` on "
+             f"{datetime.datetime.now().isoformat(timespec='seconds')}, git {git_sha()}; "
+             f"machine {machine_line()}.",
+             f"Mode: **{mode}**, scale `{info.get('scale', 'full')}`, data "
+             f"`{info.get('data_root', 'hw1_data')}`, runs `{runs}`.", ""]
+    if mode == "demo":
+        reason = (info.get("reason") or "the demo was asked for").rstrip(".")
+        lines += [DEMO_WARNING.format(reason=reason[:1].upper() + reason[1:],
+                                      scale=info.get("scale", "?")), ""]
+    else:
+        lines += ["To grade with these runs: `cp RUNS/p1_finetune/C/best.pth "
+                  "checkpoints/p1_C.pth` and `cp RUNS/p2_deeplabv3/best.pth "
+                  "checkpoints/p2_B.pth` (hw1_1.sh / hw1_2.sh read checkpoints/).", ""]
+    lines += p1_section(out, runs) + [""]
+    lines += p2_section(out, runs) + [""]
+    lines += sam_section(out, runs, timings) + [""]
+    lines += ["## Architectures of models A and B", ""]
+    lines += ([architecture_markdown(input_size)] if arch
+              else ["Not generated (results_report.py --no-arch).", ""])
+    lines += timing_section(timings) + [""]
+    text = "\n".join(lines)
+    (out / "RESULTS.md").write_text(text)
+    return text
+
+
+def main(args):
+    if args.record:
+        record_step(args.out, args.record, args.status, args.seconds, args.command, args.note)
+        return None
+    if args.record_run:
+        return record_run(args.out, args.mode, args.scale, args.data_root,
+                          args.runs_dir or Path("runs"), args.reason, bool(args.force_run))
+    if args.arch_only:
+        text = architecture_markdown(args.input_size)
+        if args.output is None:
+            print(text)
+        else:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(text)
+            print(f"wrote {args.output}")
+        return text
+    if not args.out.is_dir():
+        raise SystemExit(f"error: --out {args.out} is not a folder; run reproduce.sh first")
+    text = write_report(args.out, args.runs_dir, args.arch, args.input_size)
+    print(f"wrote {args.out / 'RESULTS.md'}")
+    return text
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,225 @@
+"""reproduce.sh and results_report.py: the report's exact lines from hand-made step outputs, the
+architecture tables against the models, and the whole demo chain at its smallest scale (run
+twice: the second call must skip every finished step)."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+import p2_train_deeplabv3
+import p2_train_fcn32s
+import results_report
+from results_report import record_run, record_step, write_report
+
+STEPS = ("data", "byol", "finetune", "tsne", "fcn32s", "deeplabv3", "eval_A", "eval_B", "sam")
+CLASSES = ("Urban", "Agriculture", "Rangeland", "Forest", "Water", "Barren")
+
+
+def write(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def table_rows(text, first_cell):
+    """Cells of the markdown table rows whose first cell matches `first_cell` (a regex)."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and re.fullmatch(first_cell, cells[0]):
+            rows.append(cells)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# results_report.py on hand-made inputs
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def handmade(tmp_path):
+    out, runs = tmp_path / "results", tmp_path / "runs"
+    record_run(out, "demo", "smoke", "demo_data", runs, reason="the real data is missing")
+    table = {s: {"setting": s, "pretraining": p, "fine_tuning": f, "best_val_acc": best,
+                 "best_epoch": 3, "last_val_acc": 0.4, "epochs": 5}
+             for s, p, f, best in (("A", "none", "full model", 0.4567),
+                                   ("B", "supervised (pretrain_model_SL.pt)", "full model", 0.5),
+                                   ("C", "own BYOL backbone", "full model", 0.25),
+                                   ("D", "supervised (pretrain_model_SL.pt)", "head only", 0.125),
+                                   ("E", "own BYOL backbone", "head only", 0.0))}
+    write(out / "p1_table.json", table)
+    iou = dict(zip(CLASSES, (0.1, 0.2, None, 0.4, 0.5, 0.6)))
+    write(out / "p2_A_scores.json", {"images": 4, "mean_iou": 0.36, "iou": iou})
+    write(out / "p2_B_scores.json", {"images": 4, "mean_iou": 0.5, "iou": dict.fromkeys(CLASSES,
+                                                                                         0.5)})
+    for run, mious in (("p2_fcn32s", (0.2, 0.36, 0.3)), ("p2_deeplabv3", (0.5, None))):
+        (runs / run).mkdir(parents=True)
+        (runs / run / "log.jsonl").write_text("".join(
+            json.dumps({"epoch": e, "val_miou": m}) + "\n" for e, m in enumerate(mious, 1)))
+    (runs / "byol").mkdir()
+    (runs / "byol" / "log.jsonl").write_text('{"epoch": 1, "loss": 2.5}\n{"epoch": 2, "loss": 2}\n')
+    (runs / "byol" / "loss.png").write_bytes(b"png")
+    record_step(out, "byol", "ran", 12.34, "python3 p1_pretrain_byol.py --epochs 2")
+    record_step(out, "byol", "skipped", 0, "", "runs/byol finished all its epochs")
+    record_step(out, "fcn32s", "ran", 100.0, "python3 a.py | tee x")
+    record_step(out, "sam", "skipped", 0, "", "SAM checkpoint ckpt.pth not found")
+    return out, runs
+
+
+def test_report_lines_from_handmade_json(handmade):
+    out, runs = handmade
+    text = write_report(out, arch=False)
+    assert (out / "RESULTS.md").read_text() == text
+    lines = text.splitlines()
+    assert "| A | none | full model | 45.7 (epoch 3) | 40.0 | 5 | 45.8 |" in lines
+    assert "| E | own BYOL backbone | head only | 0.0 (epoch 3) | 40.0 | 5 | 16.7 |" in lines
+    assert ("| A: VGG16-FCN32s | 0.3600 | 0.1000 | 0.2000 | n/a | 0.4000 | 0.5000 | 0.6000 | 4 "
+            "| 2 (0.3600) | 73.4 |") in lines
+    assert ("| B: DeepLabV3-ResNet50 | 0.5000 | 0.5000 | 0.5000 | 0.5000 | 0.5000 | 0.5000 | "
+            "0.5000 | 4 | 1 (0.5000) | 75.9 |") in lines
+    assert "| sam_vs_model_b | skipped: SAM checkpoint ckpt.pth not found |" in lines
+    # a skipped step keeps the time and command of the call that ran it; pipes are escaped
+    assert ("| byol | BYOL pre-training (p1_pretrain_byol.py) | skipped (runs/byol finished all "
+            "its epochs) | 12.3 | `python3 p1_pretrain_byol.py --epochs 2` |") in lines
+    assert ("| fcn32s | model A: FCN32s training (p2_train_fcn32s.py) | ran | 100.0 | "
+            "`python3 a.py \\| tee x` |") in lines
+    assert "| sam | SAM automatic masks vs model B (p2_sam.py) | skipped (SAM checkpoint " \
+           "ckpt.pth not found) | n/a |  |" in lines
+    assert "Total of the steps: 112 s (1.9 min)." in lines
+    assert "BYOL: 2 epoch(s), lowest loss 2.0000 at epoch 2 (backbone.pth is taken there)." in lines
+    assert "- BYOL loss curve: [../runs/byol/loss.png](../runs/byol/loss.png)" in lines
+    assert "- t-SNE of setting C (train set, first vs last epoch): `p1_tsne_C.png` (missing)" \
+        in lines
+    assert "**DEMO RUN.** The real data is missing." in text
+    assert "Not generated (results_report.py --no-arch)." in lines
+
+
+def test_report_sam_table(handmade):
+    out, runs = handmade
+    side = {"miou": 0.5, "iou": dict.fromkeys(CLASSES, 0.5)}
+    write(runs / "sam_vs_b" / "sam_vs_model_b.json",
+          {"images": 3, "masks": 42, "purity": 0.9, "coverage": 0.75, "model_b": side,
+           "sam_relabelled": {**side, "miou": 0.55}})
+    record_step(out, "sam", "ran", 30.0, "python3 p2_sam.py")
+    lines = write_report(out, arch=False).splitlines()
+    assert "| model B | 0.5000 | " + " | ".join(["0.5000"] * 6) + " |" in lines
+    assert "| model B relabelled by SAM masks | 0.5500 | " + " | ".join(["0.5000"] * 6) + " |" \
+        in lines
+    assert ("3 image(s), 42 SAM masks; mask class purity against ground truth 0.9000, pixels "
+            "under a mask 0.7500 (definitions in sam_vs_model_b.json).") in lines
+
+
+def test_record_run_refuses_another_scale(tmp_path):
+    record_run(tmp_path, "demo", "smoke", "d", "r")
+    with pytest.raises(SystemExit, match="holds a demo run at scale smoke"):
+        record_run(tmp_path, "demo", "demo", "d", "r")
+    assert record_run(tmp_path, "demo", "demo", "d", "r", force=True)["scale"] == "demo"
+
+
+def architecture_totals(text):
+    """{model letter: (total shown, sum of the listed rows)} from the architecture tables."""
+    totals, letter, rows = {}, None, 0
+    for line in text.splitlines():
+        m = re.match(r"### Model ([AB]):", line)
+        if m:
+            letter, rows = m.group(1), 0
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if letter and line.startswith("| ") and re.fullmatch(r"[\d,]+", cells[-1]):
+            rows += int(cells[-1].replace(",", ""))
+        elif letter and cells[0] == "**total**":
+            totals[letter] = (int(cells[-1].strip("*").replace(",", "")), rows)
+            letter = None
+    return totals
+
+
+@pytest.fixture(scope="module")
+def param_counts():
+    """sum(p.numel()) of models A and B built for real on the CPU (not on the meta device)."""
+    return {"A": sum(p.numel() for p in p2_train_fcn32s.build_model(
+                {}, load_pretrained=False).parameters()),
+            "B": sum(p.numel() for p in p2_train_deeplabv3.build_model(
+                {"arch": "resnet50"}, load_pretrained=False).parameters())}
+
+
+def test_architecture_tables(param_counts):
+    text = results_report.architecture_markdown(512)
+    assert architecture_totals(text) == {k: (v, v) for k, v in param_counts.items()}
+    lines = text.splitlines()
+    assert "| fc6 | conv7x7 4096 (fully connected as a conv) + ReLU + dropout | 1x4096x16x16 | " \
+           "102,764,544 |" in lines
+    assert "| crop (output) | crop back to the input size | 1x7x512x512 | 0 |" in lines
+    assert "| backbone: layer4 | 3 bottlenecks, 2048 ch, stride 1, dilation 4 | 1x2048x64x64 | " \
+           "14,964,736 |" in lines
+    assert "| upsample (output 'out') | bilinear to the input size | 1x7x512x512 | 0 |" in lines
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole chain: bash reproduce.sh --demo --scale smoke, twice
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def smoke_out(tmp_path):
+    out = tmp_path / "smoke"
+    yield out
+    shutil.rmtree(out / "runs", ignore_errors=True)  # ~1.8 GB of checkpoints; pytest keeps tmp
+
+
+def reproduce(repo_root, out, timeout):
+    env = {**os.environ, "PYTHON": sys.executable, "MPLBACKEND": "Agg"}
+    t0 = time.time()
+    # a SAM checkpoint that cannot exist, whatever checkpoints/ of this machine holds
+    proc = subprocess.run(["bash", str(repo_root / "reproduce.sh"), "--demo", "--scale", "smoke",
+                           "--out", str(out), "--sam-checkpoint", str(out / "no_sam.pth")],
+                          env=env, cwd=repo_root, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout, time.time() - t0
+
+
+def test_reproduce_smoke_chain_then_skip(repo_root, smoke_out, param_counts):
+    out = smoke_out
+    stdout, _ = reproduce(repo_root, out, timeout=900)
+    assert "== DEMO: the demo was asked for (--demo or --scale)." in stdout
+    text = (out / "RESULTS.md").read_text()
+
+    acc = table_rows(text, "[A-E]")
+    assert [r[0] for r in acc] == list("ABCDE")
+    for r in acc:  # val acc (best epoch) | val acc (last epoch) | epochs
+        assert re.fullmatch(r"\d+\.\d \(epoch 1\)", r[3]) and float(r[4]) >= 0 and r[5] == "1"
+
+    seg = table_rows(text, "[AB]: .*")
+    assert [r[0] for r in seg] == ["A: VGG16-FCN32s", "B: DeepLabV3-ResNet50"]
+    for r in seg:  # mIoU, six per-class IoUs, images, log's best epoch
+        values = [float(v) for v in r[1:8]]
+        assert all(0 <= v <= 1 for v in values)
+        assert r[8] == "4" and re.fullmatch(r"[12] \(\d\.\d{4}\)", r[9])
+        assert abs(values[0] - sum(values[1:]) / 6) < 1e-3  # the mean of the six classes
+
+    sam = table_rows(text, "sam_vs_model_b")
+    assert sam == [["sam_vs_model_b", f"skipped: SAM checkpoint {out / 'no_sam.pth'} not found; "
+                                      "bash hw1_download.sh sam fetches it"]]
+    timing = {r[0]: r for r in table_rows(text, "|".join(STEPS))}
+    assert list(timing) == list(STEPS)
+    for step in STEPS[:-1]:
+        assert timing[step][2] == "ran" and float(timing[step][3]) > 0, timing[step]
+    assert timing["sam"][2].startswith("skipped (SAM checkpoint") and timing["sam"][3] == "n/a"
+
+    assert architecture_totals(text) == {k: (v, v) for k, v in param_counts.items()}
+    for figure in ("runs/byol/loss.png", "p1_tsne_C.png", "runs/p2_fcn32s/snapshots.png",
+                   "runs/p2_deeplabv3/snapshots.png", "runs/p2_deeplabv3/curves.png"):
+        assert f"[{figure}]({figure})" in text and (out / figure).stat().st_size > 1000
+
+    # second call: every step finds its output and skips; the report keeps the first times
+    first_seconds = json.loads((out / "timings.json").read_text())
+    stdout, seconds = reproduce(repo_root, out, timeout=300)
+    for step in STEPS:
+        assert re.search(rf"^== \[{step}\] skip: ", stdout, re.M), stdout
+    assert "+ " + sys.executable not in stdout.replace(
+        f"+ {sys.executable} results_report.py", "")  # nothing but the report ran
+    assert seconds < 60
+    timings = json.loads((out / "timings.json").read_text())
+    assert {s: t["status"] for s, t in timings.items()} == dict.fromkeys(STEPS, "skipped")
+    assert {s: t["seconds"] for s, t in timings.items()} == {
+        s: t["seconds"] for s, t in first_seconds.items()}
