@@ -26,6 +26,16 @@ REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 4
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: on a shared 2-core machine a second OpenMP thread mostly waits (the
+    in-process runs took 50 s each with 2 threads in a busy full-suite run, 6 s with 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def seg_data(tmp_path_factory, samples_dir):
     """p2_data: train/ holds the 4 real samples 3 times (12 pairs, 6 steps of 2 per epoch)."""
