@@ -394,7 +394,7 @@ def run_setting(args):
     start_epoch, best_acc, best_epoch = 1, -1.0, 0
     if args.resume:
         start_epoch, best_acc, best_epoch = utils.resume_run(out, model, optimizer, scheduler,
-                                                             best_acc)
+                                                             best_metric=best_acc)
     if args.compile:
         model.compile()
     # DistributedDataParallel under torchrun (validation uses the plain model)

@@ -323,7 +323,7 @@ def main(args):
     start_epoch, best_loss, best_epoch = 1, math.inf, 0
     if args.resume:
         start_epoch, best_loss, best_epoch = utils.resume_run(out, learner, optimizer, scheduler,
-                                                              best_loss)
+                                                              best_metric=best_loss)
     if args.compile:  # in place: state_dict keys and the avgpool hook stay as they are
         for module in (learner.online_encoder, learner.target_encoder, learner.online_predictor):
             module.compile()

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Reproduce every experiment of the homework, then write RESULTS.md.
 #
-#   bash reproduce.sh                        # real data in hw1_data/: the full recipes (GPU, days)
-#   bash reproduce.sh --demo                 # procedural demo data, ~15 min on 2 CPU cores
-#   bash reproduce.sh --scale smoke          # smallest demo (CI), ~2-4 min on 2 CPU cores
+#   bash reproduce.sh                        # real data in hw1_data/: the full recipes (GPU)
+#   bash reproduce.sh --demo                 # procedural demo data, < 15 min on 2 CPU cores
+#   bash reproduce.sh --scale smoke          # smallest demo (CI), < 3 min on 2 CPU cores
 #   bash reproduce.sh --force                # redo the steps that are already finished
 #   PYTHON=.venv/bin/python bash reproduce.sh --demo
 #
@@ -28,12 +28,12 @@ PY=${PYTHON:-python3}
 usage() {
   cat <<'EOF'
 usage: bash reproduce.sh [--demo] [--scale smoke|demo] [--out DIR] [--runs DIR] [--data DIR]
-                         [--sam-checkpoint PATH] [--force] [--keep-checkpoints]
+                         [--sam-checkpoint PATH] [--force] [--keep-checkpoints] [--dry-run]
 
   --demo              run the whole chain on make_demo_data.py output even if hw1_data/ exists
                       (the demo is also what runs when the real data is missing)
   --scale smoke|demo  size of the demo (implies --demo): smoke = the smallest chain (CI, a few
-                      minutes on 2 CPU cores), demo = a bigger one (~15 min on 2 CPU cores);
+                      minutes on 2 CPU cores), demo = a bigger one (< 15 min on 2 CPU cores);
                       default demo
   --out DIR           results: RESULTS.md, timings.json, p1_table.json, masks, scores
                       (default results/ for the real data, results/demo-SCALE/ for the demo)
@@ -43,8 +43,10 @@ usage: bash reproduce.sh [--demo] [--scale smoke|demo] [--out DIR] [--runs DIR] 
   --sam-checkpoint P  SAM ViT-H weights (default checkpoints/sam_vit_h_4b8939.pth); the SAM
                       step is skipped, with the reason in RESULTS.md, when the file is missing
   --force             redo every step, even finished ones (training runs start again)
-  --keep-checkpoints  demo: keep every checkpoint (by default the demo deletes last.pth and
-                      epoch_XXX.pth files no later step reads, ~5 GB at the smoke scale)
+  --keep-checkpoints  demo: keep every checkpoint (by default the demo deletes the last.pth,
+                      epoch_*.pth and BYOL best.pth files no later step reads: 5.7 GB -> 1.8 GB)
+  --dry-run           print the commands each step would run (after its skip check) and
+                      write nothing
   -h, --help          this text
 EOF
 }
@@ -58,6 +60,7 @@ DATA=hw1_data
 SAM_CKPT=checkpoints/sam_vit_h_4b8939.pth
 FORCE=0
 KEEP_CKPT=0
+DRY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --demo) DEMO=1 ;;
@@ -68,6 +71,7 @@ while [ $# -gt 0 ]; do
     --sam-checkpoint) SAM_CKPT=${2:?--sam-checkpoint needs a path}; shift ;;
     --force) FORCE=1 ;;
     --keep-checkpoints) KEEP_CKPT=1 ;;
+    --dry-run) DRY=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown option $1 (see bash reproduce.sh --help)" >&2; exit 2 ;;
   esac
@@ -128,7 +132,7 @@ fi
 P1=$DATA/p1_data
 P2=$DATA/p2_data
 VAL=$P2/validation
-mkdir -p "$OUT" "$RUNS"
+[ "$DRY" = 1 ] || mkdir -p "$OUT" "$RUNS"
 
 # ------------------------------------------------------------------------- scale settings
 # Extra flags per script. The real run adds none: each script's defaults are its full recipe.
@@ -156,22 +160,23 @@ case "$SCALE" in
     DATA_ARGS=(--mini-classes 16 --mini-per-class 32 --mini-size 40
                --office-classes 16 --office-train-per-class 16 --office-val-per-class 4
                --seg-train 24 --seg-val 6 --seg-size 128)
-    BYOL_ARGS=(--epochs 4 --batch-size 32 --image-size 32 --projection-hidden-size 1024)
-    FT_ARGS=(--epochs 6 --batch-size 32 --image-size 32 --bank-size 40 --warmup-epochs 1)
-    SEG_ARGS=(--no-pretrained --epochs 4 --batch-size 4 --image-size 128 --workers 2)
+    BYOL_ARGS=(--epochs 6 --batch-size 32 --image-size 32 --projection-hidden-size 1024)
+    FT_ARGS=(--epochs 8 --batch-size 32 --image-size 32 --bank-size 40 --warmup-epochs 1)
+    SEG_ARGS=(--no-pretrained --epochs 5 --batch-size 4 --image-size 128 --workers 2)
     SAM_ARGS=(--ids 0013 0062 0104)
     ;;
 esac
 
 # ------------------------------------------------------------------------------- helpers
 STEP_COMMANDS=""
-run() {  # print a command, remember it for timings.json, run it
+run() {  # print a command, remember it for timings.json, run it (unless --dry-run)
   echo "+ $*"
   STEP_COMMANDS="${STEP_COMMANDS:+$STEP_COMMANDS ; }$*"
-  "$@"
+  [ "$DRY" = 1 ] || "$@"
 }
 
 record() {  # record STEP STATUS SECONDS [NOTE]
+  [ "$DRY" = 1 ] && return
   "$PY" results_report.py --out "$OUT" --record "$1" --status "$2" --seconds "$3" \
     --command "$STEP_COMMANDS" --note "${4:-}"
 }
@@ -185,7 +190,9 @@ step() {  # step NAME FUNCTION: run FUNCTION (which skips itself or runs), time 
   t0=$EPOCHREALTIME
   "$fn"
   t1=$EPOCHREALTIME
-  if [ -n "$SKIP_REASON" ]; then
+  if [ "$DRY" = 1 ]; then
+    echo "== [$name] ${SKIP_REASON:+skip: $SKIP_REASON }(dry run)"
+  elif [ -n "$SKIP_REASON" ]; then
     echo "== [$name] skip: $SKIP_REASON"
     record "$name" skipped 0 "$SKIP_REASON"
   else
@@ -234,7 +241,7 @@ up_to_date() {  # up_to_date OUTPUT INPUT: OUTPUT exists, is newer than INPUT, a
 prune() {  # demo only: delete checkpoints that no later step reads
   if [ "$MODE" = demo ] && [ "$KEEP_CKPT" = 0 ]; then
     echo "+ rm $*  (demo: not read by later steps; --keep-checkpoints keeps them)"
-    rm -f "$@"
+    [ "$DRY" = 1 ] || rm -f "$@"
   fi
 }
 
@@ -245,7 +252,7 @@ step_data() {
     return
   fi
   run "$PY" make_demo_data.py --out "$DATA" --overwrite "${DATA_ARGS[@]}"
-  echo "make_demo_data.py ${DATA_ARGS[*]}" > "$DATA/DONE"
+  [ "$DRY" = 1 ] || echo "make_demo_data.py ${DATA_ARGS[*]}" > "$DATA/DONE"
 }
 
 step_byol() {
@@ -354,8 +361,10 @@ step_sam() {
 }
 
 # ---------------------------------------------------------------------------------- main
-"$PY" results_report.py --out "$OUT" --record-run --mode "$MODE" --scale "$SCALE" \
-  --data-root "$DATA" --runs-dir "$RUNS" --reason "$REAL_REASON" --force-run "$FORCE"
+if [ "$DRY" = 0 ]; then
+  "$PY" results_report.py --out "$OUT" --record-run --mode "$MODE" --scale "$SCALE" \
+    --data-root "$DATA" --runs-dir "$RUNS" --reason "$REAL_REASON" --force-run "$FORCE"
+fi
 
 T_START=$EPOCHREALTIME
 [ "$MODE" = demo ] && step data step_data

@@ -1373,7 +1373,7 @@ def load_checkpoint(path, map_location="cpu", expect_keys=("model",)):
     return ckpt
 
 
-def resume_run(output_dir, model, optimizer=None, scheduler=None, scaler=None,
+def resume_run(output_dir, model, optimizer=None, scheduler=None, *, scaler=None,
                best_metric=None, expect=None):
     """--resume: restore model/optimizer/scheduler/scaler from output_dir/last.pth (written by
     save_checkpoint) and drop log.jsonl lines past its epoch, so no epoch is logged twice.

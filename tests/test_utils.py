@@ -291,3 +291,16 @@ def test_load_resnet_weights_reports_missing_and_unexpected(tmp_path, capsys):
     assert "missing 1" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="wrong shape"):
         utils.load_resnet_weights(torchvision.models.resnet50(weights=None), src.state_dict())
+
+
+def test_resume_run_without_last_checkpoint_keeps_the_best_metric(tmp_path, capsys):
+    (tmp_path / "log.jsonl").write_text('{"epoch": 1}\n')
+    model = torch.nn.Linear(2, 2)
+    assert utils.resume_run(tmp_path, model, best_metric=0.25) == (1, 0.25, 0)
+    assert (tmp_path / "log.jsonl").read_text() == ""  # nothing of the lost run is kept
+    assert "starting at epoch 1" in capsys.readouterr().out
+    utils.save_checkpoint(tmp_path / "last.pth", model, epoch=3, best_metric=0.5,
+                          args={"model_name": "fcn32s"})
+    assert utils.resume_run(tmp_path, model, best_metric=0.25)[:2] == (4, 0.5)
+    with pytest.raises(SystemExit, match="model_name=fcn32s, not deeplabv3"):
+        utils.resume_run(tmp_path, model, expect={"model_name": "deeplabv3"})
