@@ -125,14 +125,7 @@ def get_args_parser():
     run = parser.add_argument_group("run")
     run.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pth")
     run.add_argument("--overwrite", action="store_true", help="start again in a used folder")
-    run.add_argument("--device", default=None, help="cuda, cpu, cuda:1 (default: cuda if any)")
-    run.add_argument("--amp", default=True, action=argparse.BooleanOptionalAction,
-                     help="bf16 autocast on CUDA (no effect on CPU)")
-    run.add_argument("--compile", action="store_true",
-                     help="torch.compile the encoders and the predictor")
-    run.add_argument("--seed", default=0, type=int, help="weights, data order, augmentation")
-    run.add_argument("--deterministic", action="store_true",
-                     help="deterministic kernels: same --seed, bit-identical weights on CPU")
+    utils.add_hardware_args(run, compile_help="torch.compile the encoders and the predictor")
     run.add_argument("--max-images", default=None, type=int,
                      help="a random subset of this many images, for smoke runs")
     run.add_argument("--cache-dir", default=None, type=Path,

@@ -55,6 +55,7 @@ from utils import (
     SegmentationAugment,
     StopOnSignal,
     UserError,
+    add_hardware_args,
     all_reduce,
     append_jsonl,
     autocast,
@@ -142,15 +143,8 @@ def add_common_args(parser):
     g.add_argument("--focal-gamma", type=float, default=2.0,
                    help="focusing exponent of the focal losses")
 
-    g = parser.add_argument_group("hardware")
-    g.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if present)")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                   help="bf16 autocast on CUDA (no effect on CPU)")
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                   help="torch.compile the model (first epoch slower, later ones faster)")
-    g.add_argument("--seed", type=int, default=0, help="seeds init, batch order, augmentation")
-    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=False,
-                   help="deterministic kernels: same --seed, bit-identical weights on CPU")
+    g = add_hardware_args(parser.add_argument_group("hardware"),
+                          "torch.compile the model (first epoch slower, later ones faster)")
     g.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
                    help="start from pretrained weights (from the torch cache, filled by "
                         "`bash hw1_download.sh`); --no-pretrained: random init, nothing downloads")

@@ -322,6 +322,22 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def add_hardware_args(group, compile_help="torch.compile the model"):
+    """The flags every training script spells the same way: --device, --amp, --compile, --seed,
+    --deterministic (one argparse group or parser in, the same group out)."""
+    group.add_argument("--device", default=None,
+                       help="cuda, cuda:1 or cpu (default: cuda if present)")
+    group.add_argument("--amp", default=True, action=argparse.BooleanOptionalAction,
+                       help="bf16 autocast on CUDA (no effect on CPU)")
+    group.add_argument("--compile", default=False, action=argparse.BooleanOptionalAction,
+                       help=compile_help)
+    group.add_argument("--seed", default=0, type=int,
+                       help="seeds weights, data order and augmentation")
+    group.add_argument("--deterministic", default=False, action=argparse.BooleanOptionalAction,
+                       help="deterministic kernels: same --seed, bit-identical weights on CPU")
+    return group
+
+
 def lr_multiplier(step, total_steps, warmup_steps=0, schedule="cosine"):
     """Factor of the base learning rate at optimizer step `step` (0-based).
 
