@@ -420,11 +420,6 @@ def is_main_process():
     return rank() == 0
 
 
-def barrier():
-    if world_size() > 1:
-        dist.barrier()
-
-
 def all_reduce(tensor, mean=False):
     """Sum (or mean) of `tensor` over the ranks, in place and returned; as is in one process."""
     if world_size() > 1:
