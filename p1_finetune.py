@@ -177,10 +177,11 @@ def sanity_check(model, source):
     buffers) must be bit-identical to the file the backbone was loaded from."""
     state = utils.load_checkpoint(source, expect_keys=())
     state = utils.strip_prefixes(state["model"] if "model" in state else state)
-    for k, v in backbone_state(model).items():
+    backbone = backbone_state(model)
+    for k, v in backbone.items():
         assert k in state, f"{k} is not in {source}: the frozen backbone kept a random tensor"
         assert torch.equal(v.cpu(), state[k].cpu()), f"{k} changed in a frozen-backbone run"
-    print(f"sanity check passed: {len(backbone_state(model))} backbone tensors unchanged")
+    print(f"sanity check passed: {len(backbone)} backbone tensors unchanged")
 
 
 def load_classifier(path, device):
@@ -460,6 +461,8 @@ def update_results_table(results_dir, row):
 
 
 def main(args):
+    if args.epochs < 1:
+        raise utils.UserError(f"--epochs must be at least 1, not {args.epochs}")
     settings = list(SETTINGS) if args.setting == "all" else [args.setting]
     for setting in settings:  # check every needed backbone before hours of training
         backbone_source(argparse.Namespace(**{**vars(args), "setting": setting}))

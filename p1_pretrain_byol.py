@@ -279,6 +279,8 @@ def knn_probe(learner, banks, args, device):
 # main
 # ---------------------------------------------------------------------------------------------
 def main(args):
+    if args.epochs < 1:
+        raise utils.UserError(f"--epochs must be at least 1, not {args.epochs}")
     if args.batch_size < 2:
         raise utils.UserError("--batch-size must be at least 2 (BatchNorm in the projector)")
     if args.knn_every and args.knn_data is None:

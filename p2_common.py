@@ -136,7 +136,7 @@ def add_common_args(parser):
     g.add_argument("--schedule", choices=["poly", "cosine"], default="poly",
                    help="per-step decay after warm-up: poly (1-t)^0.9 or half a cosine, to 0")
     g.add_argument("--warmup-epochs", type=float, default=1.0,
-                   help="linear warm-up from lr/steps to lr over this many epochs")
+                   help="linear warm-up from lr/warmup_steps to lr over this many epochs")
     g.add_argument("--loss", choices=["ce", "weighted-ce", "focal", "weighted-focal"], default="ce",
                    help="weighted-*: median-frequency class weights from the train masks "
                         "(lifts rare classes such as Rangeland); focal: (1-p)^gamma * CE")

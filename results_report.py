@@ -134,7 +134,13 @@ def read_jsonl(path):
         lines = Path(path).read_text().splitlines()
     except OSError:
         return []
-    return [json.loads(line) for line in lines if line.strip()]
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pass  # a line cut short by a killed run (training resumes past it)
+    return records
 
 
 def pct(v):

@@ -1413,7 +1413,7 @@ def resume_run(output_dir, model, optimizer=None, scheduler=None, *, scaler=None
             if obj is not None and ckpt.get(key) is not None:
                 obj.load_state_dict(ckpt[key])
     except (RuntimeError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0][:200]
+        first = first_line(e, 200)
         raise UserError(f"cannot resume from {last}: it was written with other model or "
                         f"optimizer options ({first}); start again with --overwrite") from None
     if is_main_process():
