@@ -14,7 +14,6 @@ drawn side by side in one PNG.
 """
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
@@ -79,10 +78,7 @@ def plot_panels(points, labels, titles, path, num_classes):
         ax.set_yticks([])
     fig.colorbar(sc, ax=list(axes[0]), label="class", fraction=0.025, pad=0.01)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    utils.save_figure(fig, path, dpi=110, bbox_inches="tight")
     return fig
 
 

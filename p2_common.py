@@ -80,6 +80,7 @@ from utils import (
     read_jsonl,
     resume_run,
     save_checkpoint,
+    save_figure,
     seed_everything,
     setup_precision,
     shard_batch,
@@ -342,11 +343,7 @@ def draw_snapshots(path, ids, images, truths, preds):
               for c in range(NUM_CLASSES)]
     fig.legend(handles=legend, loc="lower center", ncol=NUM_CLASSES, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.5 / (2.4 * len(ids) + 0.9), 1, 1))
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=150)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=150)
 
 
 def redraw_snapshots(out, ids, images, truths, last_epoch, n_epochs):

@@ -297,11 +297,18 @@ def plot_curves(records, keys, path, title=None):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=110)
+
+
+def save_figure(fig, path, **savefig_kwargs):
+    """Write a matplotlib figure as PNG atomically (whole or absent) and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return _atomic_write(path, lambda f: fig.savefig(f, format="png", **savefig_kwargs),
+                             sync=False)
+    finally:
+        plt.close(fig)
 
 
 def check_finite(loss_value, epoch, step):
