@@ -101,7 +101,8 @@ def get_args_parser():
     train.add_argument("--backbone-lr-scale", default=None, type=float,
                        help="backbone lr = lr x this; default 1.0 for A (nothing to keep), "
                        "0.1 for B and C (keep the pre-trained features); unused for D, E")
-    train.add_argument("--weight-decay", default=0.01, type=float, help="decoupled (AdamW)")
+    train.add_argument("--weight-decay", default=0.01, type=float,
+                       help="decoupled (AdamW); conv/linear weights only")
     train.add_argument("--schedule", default="cosine", choices=["cosine", "constant", "step"],
                        help="step: x0.1 at 1/2 and 3/4 of training")
     train.add_argument("--warmup-epochs", default=5, type=float,
@@ -334,23 +335,22 @@ def backbone_source(args):
 
 
 def build_optimizer(model, args):
+    """The head at --lr, the backbone (when trained) at --lr x --backbone-lr-scale; no weight
+    decay on biases and BatchNorm; fused on CUDA."""
     scale = args.backbone_lr_scale
     if scale is None:
         scale = 1.0 if args.setting == "A" else 0.1
     head = [p for n, p in model.named_parameters() if n.startswith("fc.")]
-    body = [p for n, p in model.named_parameters() if not n.startswith("fc.") and p.requires_grad]
-    groups = [{"params": head, "lr": args.lr}]
-    if body:
-        groups.append({"params": body, "lr": args.lr * scale})
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True,
-                               weight_decay=args.weight_decay)
-    return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay,
-                             fused=utils.fused_optimizer(head[0].device))
+    body = [p for n, p in model.named_parameters() if not n.startswith("fc.")]
+    groups = [{"params": head, "lr": args.lr}, {"params": body, "lr": args.lr * scale}]
+    return utils.make_optimizer([g for g in groups if any(p.requires_grad for p in g["params"])],
+                                args.optimizer, args.lr, args.weight_decay, head[0].device,
+                                nesterov=args.optimizer == "sgd")
 
 
-def run_setting(args):
-    """Train one setting; returns its row of the results table (None on ranks other than 0)."""
+def run_setting(args, banks=None):
+    """Train one setting; returns its row of the results table (None on ranks other than 0).
+    `banks`: a dict that keeps the decoded splits between settings (--setting all)."""
     device = utils.init_distributed(utils.get_device(args.device))  # this rank's, under torchrun
     utils.setup_precision(device)
     utils.seed_everything(args.seed, args.deterministic)
@@ -362,10 +362,12 @@ def run_setting(args):
           f"{f' from {source}' if source else ''}, {'head only' if frozen else 'full model'}")
 
     # ---- data
-    train_bank, train_y = load_office(args.data_dir, "train", args.bank_size, device,
-                                      args.cache_dir, args.max_images, args.seed)
-    val_bank, val_y = load_office(args.data_dir, "val", args.bank_size, device, args.cache_dir,
-                                  args.max_images, args.seed)
+    banks = {} if banks is None else banks
+    for split in ("train", "val"):
+        if split not in banks:
+            banks[split] = load_office(args.data_dir, split, args.bank_size, device,
+                                       args.cache_dir, args.max_images, args.seed)
+    (train_bank, train_y), (val_bank, val_y) = banks["train"], banks["val"]
     top = int(max(train_y.max(), val_y.max()))
     if top >= args.num_classes:
         raise utils.UserError(f"labels go up to {top} but --num-classes is {args.num_classes}")
@@ -466,9 +468,9 @@ def main(args):
     settings = list(SETTINGS) if args.setting == "all" else [args.setting]
     for setting in settings:  # check every needed backbone before hours of training
         backbone_source(argparse.Namespace(**{**vars(args), "setting": setting}))
-    table = None
+    table, banks = None, {}  # Office-Home is decoded once for all the settings
     for setting in settings:
-        row = run_setting(argparse.Namespace(**{**vars(args), "setting": setting}))
+        row = run_setting(argparse.Namespace(**{**vars(args), "setting": setting}), banks)
         if row is not None:  # rank 0 (all of them in one process) writes the table
             table = update_results_table(args.results_dir, row)
     if table is not None:

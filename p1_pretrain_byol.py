@@ -93,7 +93,8 @@ def get_args_parser():
                        "the native size; mini images are all 84x84)")
     train.add_argument("--lr", default=1e-3, type=float,
                        help="AdamW learning rate (report 1e-3; long public runs used ~3e-4)")
-    train.add_argument("--weight-decay", default=0.01, type=float, help="AdamW weight decay")
+    train.add_argument("--weight-decay", default=0.01, type=float,
+                       help="AdamW weight decay, on conv/linear weights only")
     train.add_argument("--schedule", default="constant", choices=["constant", "cosine"],
                        help="lr after warm-up: constant (report) or cosine to 0")
     train.add_argument("--warmup-epochs", default=0, type=float,
@@ -201,10 +202,9 @@ def build_learner(args, device, views=None):
 
 
 def build_optimizer(learner, args, steps_per_epoch):
-    params = [p for p in learner.parameters() if p.requires_grad]  # the target has none
-    # fused: one kernel for the whole update on CUDA
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay,
-                                  fused=utils.fused_optimizer(params[0].device))
+    # the target has no trainable parameters; no decay on biases/BatchNorm; fused on CUDA
+    optimizer = utils.make_optimizer(learner.parameters(), "adamw", args.lr, args.weight_decay,
+                                     next(learner.parameters()).device)
     scheduler = utils.make_lr_scheduler(optimizer, args.schedule, args.epochs * steps_per_epoch,
                                         round(args.warmup_epochs * steps_per_epoch))
     return optimizer, scheduler

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import utils
 from utils import (
     CLASS_NAMES,
     NUM_CLASSES,
@@ -62,7 +63,6 @@ from utils import (
     check_finite,
     distribute_model,
     epoch_generators,
-    fused_optimizer,
     get_device,
     index_batches,
     init_distributed,
@@ -251,13 +251,8 @@ def make_criterion(args, class_weight=None):
 
 def make_optimizer(model, args, device):
     """SGD (momentum) or AdamW; weight decay on conv/linear weights only; fused kernels on CUDA."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": args.weight_decay},
-              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-    fused = fused_optimizer(device)
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, fused=fused)
-    return torch.optim.AdamW(groups, lr=args.lr, fused=fused)
+    return utils.make_optimizer(model.parameters(), args.optimizer, args.lr, args.weight_decay,
+                                device, momentum=args.momentum)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -152,6 +152,32 @@ def fused_optimizer(device):
     return torch.device(device).type == "cuda" and TUNING["fused_optimizer"]
 
 
+def make_optimizer(groups, name, lr, weight_decay, device, momentum=0.9, nesterov=False):
+    """AdamW or SGD (momentum) for every training script, fused on CUDA.
+
+    `groups`: parameters, or param-group dicts (their own "lr" kept). Each group is split in
+    two: conv/linear weights (ndim > 1) get `weight_decay`, biases and BatchNorm affine
+    parameters none, as in the BYOL and ResNet recipes. Frozen parameters are left out."""
+    groups = list(groups)
+    if groups and not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    split = []
+    for group in groups:
+        params = [p for p in group["params"] if p.requires_grad]
+        for decay, part in ((weight_decay, [p for p in params if p.ndim > 1]),
+                            (0.0, [p for p in params if p.ndim <= 1])):
+            if part:
+                split.append({**group, "params": part, "weight_decay": decay})
+    if not split:
+        raise ValueError("make_optimizer: no trainable parameters")
+    fused = fused_optimizer(device)
+    if name == "sgd":
+        return torch.optim.SGD(split, lr=lr, momentum=momentum, nesterov=nesterov, fused=fused)
+    if name == "adamw":
+        return torch.optim.AdamW(split, lr=lr, fused=fused)
+    raise ValueError(f"unknown optimizer {name!r}; known: adamw, sgd")
+
+
 def setup_precision(device):
     """Global fast-math switches, set once per run. TF32 only matters for the fp32 leftovers."""
     if device.type == "cuda":

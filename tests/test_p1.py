@@ -107,10 +107,14 @@ def finetune_all(data, byol_run, sl_backbone, tmp_path_factory):
               "--sl-backbone", sl_backbone, "--output-dir", out, "--results-dir", results,
               "--batch-size", 8, "--image-size", 32, "--bank-size", 40, "--num-classes", 4,
               "--max-images", 8, "--warmup-epochs", 0]
-    p1_finetune.main(parse(p1_finetune, "--setting", "all", "--epochs", 1, *common))
+    loads = []
+    with pytest.MonkeyPatch.context() as mp:  # count the decodes of the five settings
+        load = p1_finetune.load_office
+        mp.setattr(p1_finetune, "load_office", lambda *a, **k: loads.append(a[1]) or load(*a, **k))
+        p1_finetune.main(parse(p1_finetune, "--setting", "all", "--epochs", 1, *common))
     table = p1_finetune.main(parse(p1_finetune, "--setting", "C", "--epochs", 2, "--resume",
                                    *common))
-    yield SimpleNamespace(out=out, results=results, table=table)
+    yield SimpleNamespace(out=out, results=results, table=table, loads=loads)
     shutil.rmtree(out)
 
 
@@ -185,6 +189,7 @@ def test_byol_refuses_a_used_output_dir(data, byol_run):
 def test_all_settings_fill_the_table(finetune_all):
     saved = finetune_all.table
     assert sorted(saved) == ["A", "B", "C", "D", "E"]
+    assert finetune_all.loads == ["train", "val"]  # decoded once for the five settings
     assert saved["C"]["epochs"] == 2 and saved["A"]["epochs"] == 1
     assert all(0.0 <= r["best_val_acc"] <= 1.0 for r in saved.values())
     md = (finetune_all.results / "p1_table.md").read_text().splitlines()

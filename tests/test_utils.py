@@ -304,3 +304,28 @@ def test_resume_run_without_last_checkpoint_keeps_the_best_metric(tmp_path, caps
     assert utils.resume_run(tmp_path, model, best_metric=0.25)[:2] == (4, 0.5)
     with pytest.raises(SystemExit, match="model_name=fcn32s, not deeplabv3"):
         utils.resume_run(tmp_path, model, expect={"model_name": "deeplabv3"})
+
+
+def test_make_optimizer_decays_weights_only_and_keeps_group_lrs():
+    torch.manual_seed(0)
+    head, body = torch.nn.Linear(3, 2), torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1),
+                                                            torch.nn.BatchNorm2d(3))
+    body[0].bias.requires_grad_(False)  # frozen: left out
+    opt = utils.make_optimizer([{"params": head.parameters(), "lr": 0.5},
+                                {"params": body.parameters(), "lr": 0.05}],
+                               "adamw", 1.0, 0.1, "cpu")
+    got = [(g["lr"], g["weight_decay"], [tuple(p.shape) for p in g["params"]])
+           for g in opt.param_groups]
+    assert got == [(0.5, 0.1, [(2, 3)]), (0.5, 0.0, [(2,)]),
+                   (0.05, 0.1, [(3, 3, 1, 1)]), (0.05, 0.0, [(3,), (3,)])]
+    # with zero gradients AdamW's only change is the decoupled decay: w <- w (1 - lr wd)
+    w0, b0 = head.weight.detach().clone(), head.bias.detach().clone()
+    for p in (*head.parameters(), body[0].weight, *body[1].parameters()):
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    torch.testing.assert_close(head.weight.detach(), w0 * (1 - 0.5 * 0.1))
+    assert torch.equal(head.bias.detach(), b0)
+    sgd = utils.make_optimizer(head.parameters(), "sgd", 0.1, 1e-4, "cpu", nesterov=True)
+    assert [g["nesterov"] and g["momentum"] for g in sgd.param_groups] == [0.9, 0.9]
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        utils.make_optimizer(head.parameters(), "lamb", 0.1, 0.0, "cpu")

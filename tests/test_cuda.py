@@ -1,0 +1,207 @@
+"""What only a CUDA GPU can show: the bf16 step agrees with fp32, a training step never makes
+the host wait for the GPU, the tuning (channels_last, fused optimizers) is really on, NCCL
+under torchrun works, checkpoints trained on the GPU give the CPU's masks, SAM runs under bf16,
+and torch.compile gives the eager model's outputs.
+
+Skipped where no GPU is visible (CI, the developers' machines). tools/gpu_check.sh runs this
+file first on the lent GPU machine. HW1_TEST_DEVICE=cpu runs the same tests on the CPU, with
+the CUDA-only assertions left out, to check the tests themselves without a GPU.
+"""
+
+import copy
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from test_p1 import make_p1_data
+from test_p2 import SAMPLE_IDS, shrink
+
+import p1_finetune
+import p1_pretrain_byol
+import p2_common
+import p2_inference
+import p2_sam
+import p2_train_deeplabv3
+import utils
+
+DEVICE = torch.device(os.environ.get("HW1_TEST_DEVICE", "cuda"))
+pytestmark = pytest.mark.skipif(DEVICE.type == "cuda" and not torch.cuda.is_available(),
+                                reason="needs a CUDA GPU (HW1_TEST_DEVICE=cpu checks the tests)")
+CUDA = DEVICE.type == "cuda"
+
+
+@pytest.fixture(autouse=True)
+def fast_math():
+    """As every script sets it (TF32, cuDNN autotuner), undone afterwards."""
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.allow_tf32)
+    utils.setup_precision(DEVICE)
+    yield
+    (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+     torch.backends.cudnn.allow_tf32) = saved
+
+
+def no_host_sync(step, *args):
+    """Run step(*args) with CUDA's sync debug mode set to raise on any host synchronisation."""
+    if not CUDA:
+        return step(*args)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        return step(*args)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def byol_learner(size=64, batch=32):
+    args = p1_pretrain_byol.get_args_parser().parse_args(
+        ["--data-dir", "unused", "--batch-size", str(batch), "--image-size", str(size),
+         "--projection-hidden-size", "512"])
+    torch.manual_seed(0)
+    learner = p1_pretrain_byol.build_learner(
+        args, DEVICE, p1_pretrain_byol.build_views("report", size, DEVICE))
+    return args, learner
+
+
+def test_byol_bf16_loss_matches_fp32_and_the_step_never_syncs():
+    args, learner = byol_learner()
+    x = torch.randint(0, 256, (32, 3, 72, 72), dtype=torch.uint8, device=DEVICE)
+    state = copy.deepcopy(learner.state_dict())
+    losses = {}
+    for amp in (False, True):  # the same weights and the same augmentation draws
+        learner.load_state_dict(state)
+        torch.manual_seed(1)
+        with torch.no_grad(), utils.autocast(DEVICE, amp):
+            losses[amp] = float(learner(x))
+    assert 0 < losses[False] < 8  # 2 - 2 cos, both directions
+    assert losses[True] == pytest.approx(losses[False], rel=2e-2, abs=1e-2)
+
+    learner.load_state_dict(state)
+    optimizer, scheduler = p1_pretrain_byol.build_optimizer(learner, args, 100)
+    if CUDA:
+        assert all(g["fused"] for g in optimizer.param_groups)
+        conv = learner.online_encoder.net.conv1.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last)
+    step = lambda: p1_pretrain_byol.train_step(learner, x, optimizer, scheduler,  # noqa: E731
+                                               args.ema_decay, DEVICE)
+    for _ in range(2):  # cuDNN's autotuner and lazy initialisation may synchronise
+        step()
+    target = [p.detach().clone() for p in learner.target_encoder.parameters()]
+    loss = no_host_sync(step)
+    assert loss.device.type == DEVICE.type and torch.isfinite(loss)
+    moved = [not torch.equal(a, b) for a, b in zip(target, learner.target_encoder.parameters())]
+    assert any(moved)  # the EMA update ran inside the synchronisation-free step
+
+
+def test_finetune_and_segmentation_steps_never_sync(tmp_path, samples_dir):
+    # fine-tuning: augmentation on the device, bf16, fused AdamW
+    args = p1_finetune.get_args_parser().parse_args(
+        ["--setting", "A", "--data-dir", "unused", "--batch-size", "16", "--image-size", "64",
+         "--warmup-epochs", "0", "--num-classes", "5"])
+    model = p1_finetune.Classifier(5).to(DEVICE, memory_format=utils.memory_format(DEVICE))
+    optimizer = p1_finetune.build_optimizer(model, args)
+    scheduler = utils.make_lr_scheduler(optimizer, args.schedule, 100)
+    augment, fmt = p1_finetune.build_augment(args), utils.memory_format(DEVICE)
+    bank = torch.randint(0, 256, (16, 3, 80, 80), dtype=torch.uint8, device=DEVICE)
+    labels = torch.arange(16, device=DEVICE) % 5
+
+    def finetune_step():
+        x = augment(bank).contiguous(memory_format=fmt)
+        return p1_finetune.train_step(model, x, labels, optimizer, scheduler, args, DEVICE)[0]
+
+    for _ in range(2):
+        finetune_step()
+    assert torch.isfinite(no_host_sync(finetune_step))
+
+    # DeepLabV3-ResNet50 on the real samples: the step of p2_common.train_one_epoch
+    seg_args = p2_train_deeplabv3.get_args_parser().parse_args(
+        ["--data-dir", "unused", "--no-pretrained", "--image-size", "64"])
+    net = p2_train_deeplabv3.build_model(vars(seg_args), load_pretrained=False)
+    net.to(DEVICE, memory_format=utils.memory_format(DEVICE))
+    seg_opt = p2_common.make_optimizer(net, seg_args, DEVICE)
+    criterion = p2_common.make_criterion(seg_args)
+    seg_augment = p2_common.build_augment(seg_args)
+    for i in SAMPLE_IDS:
+        shrink(samples_dir / f"{i}_sat.jpg", tmp_path / f"{i}_sat.jpg", (96, 96))
+        shrink(samples_dir / f"{i}_mask.png", tmp_path / f"{i}_mask.png", (96, 96), mask=True)
+    _, images, masks = p2_common.load_split(tmp_path)
+    images.to(DEVICE)
+    masks.to(DEVICE)
+    idx = torch.arange(4, device=images.device)
+
+    def seg_step():
+        x, y = seg_augment(images.batch(idx), masks.batch(idx))
+        return p2_common.train_step(net, seg_opt, x, y, criterion, DEVICE)
+
+    for _ in range(2):
+        seg_step()
+    assert torch.isfinite(no_host_sync(seg_step))
+
+
+def test_byol_under_torchrun_with_nccl(tmp_path, repo_root):
+    """One rank under torchrun: the NCCL process group, SyncBatchNorm and DDP on the GPU."""
+    data = make_p1_data(tmp_path / "data", classes=2, train_per_class=1, val_per_class=1,
+                        mini=16) / "mini" / "train"
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+         "p1_pretrain_byol.py", "--data-dir", str(data), "--output-dir", str(out),
+         "--epochs", "1", "--batch-size", "8", "--image-size", "32", "--device", DEVICE.type,
+         "--projection-hidden-size", "64"],
+        cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(utils.read_jsonl(out / "log.jsonl")) == 1
+    state = torch.load(out / "backbone.pth", map_location="cpu", weights_only=True)
+    assert "conv1.weight" in state and state["conv1.weight"].is_contiguous()
+
+
+def test_gpu_checkpoint_gives_the_cpu_masks(tmp_path, samples_dir):
+    """Train DeepLabV3-ResNet50 a little on the GPU, then hw1_2's inference on the GPU (bf16)
+    and on the CPU (fp32) from the same checkpoint: the masks agree on nearly every pixel."""
+    data = tmp_path / "p2"
+    for split in ("train", "validation"):
+        (data / split).mkdir(parents=True)
+        for i in SAMPLE_IDS:
+            shrink(samples_dir / f"{i}_sat.jpg", data / split / f"{i}_sat.jpg", (128, 128))
+            shrink(samples_dir / f"{i}_mask.png", data / split / f"{i}_mask.png", (128, 128),
+                   mask=True)
+    run = tmp_path / "run"
+    p2_train_deeplabv3.main(p2_train_deeplabv3.get_args_parser().parse_args(
+        ["--data-dir", str(data), "--output-dir", str(run), "--epochs", "3", "--batch-size",
+         "4", "--image-size", "128", "--no-pretrained", "--device", DEVICE.type,
+         "--snapshot-ids", "0097", "--workers", "2"]))
+    masks = {}
+    for device in (DEVICE.type, "cpu"):
+        out = tmp_path / f"pred_{device}"
+        p2_inference.main(p2_inference.get_args_parser().parse_args(
+            ["--input-dir", str(data / "validation"), "--output-dir", str(out), "--checkpoint",
+             str(run / "best.pth"), "--device", device, "--workers", "2"]))
+        masks[device] = np.stack([utils.read_mask(out / f"{i}_mask.png") for i in SAMPLE_IDS])
+    assert masks["cpu"].shape == (4, 128, 128)
+    agree = float((masks[DEVICE.type] == masks["cpu"]).mean())
+    assert agree > 0.97, agree
+
+
+def test_sam_generator_under_bf16_finds_masks(tmp_path, samples_dir):
+    args = p2_sam.get_args_parser().parse_args(
+        ["--checkpoint", "unused.pth", "--input", str(samples_dir / "0008_sat.jpg"),
+         "--output-dir", str(tmp_path / "sam"), "--points-per-side", "8", "--device",
+         DEVICE.type, "--pred-iou-thresh", "0", "--stability-score-thresh", "0"])
+    p2_sam.main(args, model=p2_sam.tiny_sam())
+    log = utils.read_jsonl(tmp_path / "sam" / "sam_log.jsonl")
+    assert len(log) == 1 and (tmp_path / "sam" / "0008_sam.png").exists()
+
+
+def test_compiled_classifier_matches_eager():
+    torch.manual_seed(0)
+    model = p1_finetune.Classifier(5).to(DEVICE, memory_format=utils.memory_format(DEVICE))
+    model.eval()
+    x = torch.randn(8, 3, 64, 64, device=DEVICE).contiguous(
+        memory_format=utils.memory_format(DEVICE))
+    with torch.no_grad(), utils.autocast(DEVICE):
+        eager = model(x).float()
+        compiled = torch.compile(model)(x).float()
+    torch.testing.assert_close(compiled, eager, rtol=5e-2, atol=5e-2)

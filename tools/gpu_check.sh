@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Everything GPU-specific in one command, sized for one call on a lent H100/H200 within a time
+# budget (GPU_CHECK_BUDGET seconds, default 420), in this order, each stage cut to what is left:
+#   1. tests/test_cuda.py: bf16 vs fp32, no host sync in a step, channels_last and fused
+#      optimizers on, NCCL under torchrun, GPU checkpoint -> CPU masks, SAM bf16, compile;
+#   2. bench.py --device cuda at full size (ours vs the seed-style baseline, peak memory, %peak);
+#   3. bench.py --ablate (BYOL and DeepLabV3, each tuning switch off in turn);
+#   4. bench.py --compile (fine-tuning and DeepLabV3 under torch.compile), if time is left.
+# Usage: bash tools/gpu_prepare.sh here (wheels and samples into .gpu/), then on the machine:
+#   bash tools/gpu_check.sh [OUT_DIR]     (default: $OUT, else results/gpu)
+# Results: OUT_DIR/{env.txt, gpu_check.log, bench_cuda.json, bench_ablate.json,
+# bench_compile.json}. Exit status: 0 when every stage that ran passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-${OUT:-results/gpu}}
+mkdir -p "$out"
+log=$out/gpu_check.log
+budget=${GPU_CHECK_BUDGET:-420}
+start=$SECONDS
+failed=0
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+if compgen -G ".gpu/whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/gpu_check_site .gpu/whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/gpu_check_site${PYTHONPATH:+:$PYTHONPATH}
+fi
+[[ -d .gpu/p2_samples ]] && export HW1_SAMPLES_DIR=$PWD/.gpu/p2_samples
+
+# stage NAME SECONDS COMMAND...: run COMMAND with a limit cut to what is left of the budget
+stage() {
+    local name=$1 limit=$2 left t0 rc
+    shift 2
+    left=$((budget - (SECONDS - start)))
+    ((limit > left)) && limit=$left
+    if ((limit < 30)); then
+        echo "== $name: skipped, ${left}s of the budget left" | tee -a "$log"
+        return
+    fi
+    echo "== $name (limit ${limit}s): $*" | tee -a "$log"
+    t0=$SECONDS
+    timeout --signal=INT --kill-after=20 "$limit" "$@" 2>&1 | tee -a "$log"
+    rc=${PIPESTATUS[0]}
+    echo "== $name: exit $rc after $((SECONDS - t0))s" | tee -a "$log"
+    ((rc == 0)) || failed=1
+}
+
+{
+    date -u
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+    python3 -c "import sys, torch, torchvision; print(sys.version.split()[0], torch.__version__, \
+torchvision.__version__, torch.version.cuda, torch.backends.cudnn.version(), \
+torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))"
+    python3 -c "import byol_pytorch, segment_anything, cv2, sklearn; print('imports ok')"
+    nproc
+    git rev-parse HEAD 2>/dev/null || true
+} >"$out/env.txt" 2>&1
+cat "$out/env.txt" | tee -a "$log"
+
+stage tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+stage bench 210 python3 bench.py --device cuda --json "$out/bench_cuda.json"
+stage ablate 150 python3 bench.py --device cuda --only byol deeplabv3 --ablate --steps 10 \
+    --json "$out/bench_ablate.json"
+stage compile 180 python3 bench.py --device cuda --only finetune deeplabv3 --compile \
+    --steps 10 --json "$out/bench_compile.json"
+echo "gpu_check: $((SECONDS - start))s in all, $([[ $failed == 0 ]] && echo ok || echo FAILED)" \
+    | tee -a "$log"
+exit $failed
