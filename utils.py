@@ -25,6 +25,7 @@ import builtins
 import contextlib
 import functools
 import hashlib
+import inspect
 import io
 import json
 import math
@@ -573,10 +574,15 @@ def distribute_model(model, device, find_unused_parameters=False):
     if world_size() == 1:
         return model
     model = convert_sync_batchnorm(model, device)
-    return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None,
-        forward_sync_buffers=False, find_unused_parameters=find_unused_parameters,
-        gradient_as_bucket_view=True)
+    ddp = torch.nn.parallel.DistributedDataParallel
+    # newer torch calls it forward_sync_buffers (broadcast_buffers deprecated); 2.11 knows only
+    # broadcast_buffers
+    no_sync = ({"forward_sync_buffers": False}
+               if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+               else {"broadcast_buffers": False})
+    return ddp(model, device_ids=[device.index] if device.type == "cuda" else None,
+               find_unused_parameters=find_unused_parameters, gradient_as_bucket_view=True,
+               **no_sync)
 
 
 def epoch_generators(seed, epoch, device):
