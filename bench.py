@@ -45,6 +45,7 @@ import math
 import os
 import random
 import resource
+import signal
 import sys
 import tempfile
 import time
@@ -670,6 +671,9 @@ def format_table(results):
 
 
 def main(args):
+    # Ctrl-C (or `timeout --signal=INT`) stops the run with what is saved so far, even where
+    # the shell that started it ignores SIGINT (a background job)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     device = utils.get_device(args.device)
     cfg = dict(CONFIGS[device.type])
     cfg["steps"] = args.steps or cfg["steps"]
@@ -688,6 +692,13 @@ def main(args):
     print(f"bench on {results['device_name']} | torch {torch.__version__} | "
           f"{cfg['steps']} timed steps after {cfg['warmup']} | bf16 peak "
           f"{_fmt(peak, '.0f', 'unknown (pass --peak-tflops)')} TFLOP/s", flush=True)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+
+    def save():  # after every workload, so a run cut short keeps what it measured
+        if args.json is not None:
+            utils.write_json(args.json, results)
+
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
         data = prepare_data(args, device, workdir)
@@ -697,19 +708,21 @@ def main(args):
             row = run_workload(name, data, cfg, device, args, workdir)
             add_flop_use(row, peak)
             results["workloads"][name] = row
+            save()
             print(f"  {name}: ours {row['ours']['images_per_s']:.2f} img/s, seed "
                   f"{row['seed']['images_per_s']:.2f} img/s ({row['ratio']:.2f}x) in "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
         if args.ablate:
-            results["ablation"] = {name: run_ablation(name, data, cfg, device, args)
-                                   for name in ("byol", "deeplabv3")}
+            results["ablation"] = {}
+            for name in ("byol", "deeplabv3"):
+                results["ablation"][name] = run_ablation(name, data, cfg, device, args)
+                save()
     print(format_table(results))
     bad = [n for n, r in results["workloads"].items()
            if not all(math.isfinite(v) and v > 0 for v in (r["ours"]["images_per_s"],
                                                            r["seed"]["images_per_s"]))]
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        utils.write_json(args.json, results)
+        save()
         print(f"wrote {args.json}")
     if bad:
         print(f"non-finite timings in {', '.join(bad)}", file=sys.stderr)

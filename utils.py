@@ -259,6 +259,7 @@ def writable_dir(path, flag="--output-dir"):
 def print_run_header(args, device, batch_size=None, lr=None):
     print(f"git {git_sha()} | device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+          + (f" | {dist.get_backend()} x {world_size()}" if dist.is_initialized() else "")
           + (f" | batch {batch_size}" if batch_size is not None else "")
           + (f" | lr {lr:g}" if lr is not None else ""))
     print("args: " + json.dumps({k: _jsonable(v) for k, v in sorted(vars(args).items())}))
@@ -421,10 +422,12 @@ def make_lr_scheduler(optimizer, schedule, total_steps, warmup_steps=0):
 def init_distributed(device):
     """Join the process group torchrun describes in the environment (WORLD_SIZE, RANK,
     LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and return this rank's device: cuda:LOCAL_RANK with
-    NCCL, or the CPU with gloo. A plain `python3 script.py` (no WORLD_SIZE, or 1) gets `device`
+    NCCL, or the CPU with gloo. Anything torchrun starts joins one, `--nproc_per_node=1`
+    included (so one GPU runs the NCCL/DDP path); a plain `python3 script.py` gets `device`
     back and starts nothing. Ranks other than 0 print nothing from then on (builtins.print is
     silenced there, as in DINO; print(..., force=True) still prints)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not under_torchrun:
         return device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -571,7 +574,7 @@ def distribute_model(model, device, find_unused_parameters=False):
 
     Buffers are synchronised once, at the start, and not re-broadcast at every forward: with
     synchronised BatchNorm every rank computes the same running statistics itself."""
-    if world_size() == 1:
+    if not (dist.is_available() and dist.is_initialized()):
         return model
     model = convert_sync_batchnorm(model, device)
     ddp = torch.nn.parallel.DistributedDataParallel
