@@ -124,6 +124,9 @@ def get_args_parser():
                         default=Path(__file__).resolve().parent / "checkpoints" /
                         "sam_vit_h_4b8939.pth",
                         help="ViT-H weights for the CUDA SAM row (random weights if missing)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="also write torch.profiler's table of the top operators of a few "
+                        "steps of ours, per workload, to this text file")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 keeps a shared CI "
                         "machine's timings steadier)")
@@ -219,9 +222,24 @@ def host_syncs(step, batch, device):
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def time_pipeline(build, device, steps, warmup, count_flops=False):
+def profile_steps(step, batches, device, steps=3, rows=25):
+    """The operators that take the time in a few steps, as torch.profiler's table: by their own
+    GPU time on CUDA (kernels), by their own CPU time elsewhere."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step(next(batches))
+        synchronize(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
+def time_pipeline(build, device, steps, warmup, count_flops=False, profile=False):
     """build() -> (step, batches, images per step). Warm up, count FLOPs and host syncs on one
-    step each, then time `steps` steps between two device synchronisations."""
+    step each, then time `steps` steps between two device synchronisations; with `profile`,
+    then result["profile"] is profile_steps' table of a few more steps."""
     result = {}
     with peak_memory(device, result):
         step, batches, per_step = build()
@@ -238,6 +256,8 @@ def time_pipeline(build, device, steps, warmup, count_flops=False):
             step(next(batches))
         synchronize(device)
         seconds = time.perf_counter() - t0
+        if profile:
+            result["profile"] = profile_steps(step, batches, device)
     result["images_per_s"] = steps * per_step / seconds
     result["seconds_per_image"] = seconds / (steps * per_step)
     del step, batches
@@ -557,11 +577,11 @@ def run_workload(name, data, cfg, device, args, workdir):
     """{"ours": ..., "seed": ..., "ratio": ..., "gflop_per_image": ...} of one workload."""
     steps, warmup = cfg["steps"], cfg["warmup"]
     row = {"batch": cfg[name][0], "image_size": cfg[name][1]}
-    ours = Variant()
+    ours, profile = Variant(), args.profile is not None
     if name in TRAINING:
         with torch_flags(device, ours):
             row["ours"] = time_pipeline(build_training(name, data, cfg, device, ours), device,
-                                        steps, warmup, count_flops=True)
+                                        steps, warmup, count_flops=True, profile=profile)
             if args.compile:
                 row["ours_compiled"] = time_pipeline(
                     build_training(name, data, cfg, device, replace(ours, compile=True)),
@@ -574,7 +594,8 @@ def run_workload(name, data, cfg, device, args, workdir):
         fn = infer_p1 if name == "infer_p1" else infer_p2
         with torch_flags(device, ours):
             row["ours"] = time_pipeline(lambda: fn(data, size, batch, device, True, workdir),
-                                        device, steps, warmup, count_flops=True)
+                                        device, steps, warmup, count_flops=True,
+                                        profile=profile)
         with torch_flags(device, None):
             row["seed"] = time_pipeline(lambda: fn(data, size, batch, device, False, workdir),
                                         device, steps, warmup)
@@ -587,9 +608,11 @@ def run_workload(name, data, cfg, device, args, workdir):
                                         device, images_timed, 1)
         with torch_flags(device, ours):
             row["ours"] = time_pipeline(lambda: sam_pipeline(model, images, points, device, True),
-                                        device, images_timed, 1, count_flops=True)
+                                        device, images_timed, 1, count_flops=True,
+                                        profile=profile)
         del model
     row["gflop_per_image"] = row["ours"].pop("gflop_per_image", None)
+    row["profile"] = row["ours"].pop("profile", None)
     row["ratio"] = row["ours"]["images_per_s"] / row["seed"]["images_per_s"]
     return row
 
@@ -695,9 +718,15 @@ def main(args):
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
 
+    profiles = {}
+
     def save():  # after every workload, so a run cut short keeps what it measured
         if args.json is not None:
             utils.write_json(args.json, results)
+        if args.profile is not None and profiles:
+            text = "".join(f"== {name} (ours, {results['device_name']})\n{table}\n"
+                           for name, table in profiles.items())
+            utils.atomic_write_bytes(args.profile, text.encode())
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
@@ -707,6 +736,9 @@ def main(args):
             t0 = time.perf_counter()
             row = run_workload(name, data, cfg, device, args, workdir)
             add_flop_use(row, peak)
+            table = row.pop("profile")
+            if table is not None:
+                profiles[name] = table
             results["workloads"][name] = row
             save()
             print(f"  {name}: ours {row['ours']['images_per_s']:.2f} img/s, seed "

@@ -88,3 +88,27 @@ def test_each_ablation_switch_reaches_its_target():
         assert utils.fused_optimizer(cuda) is False
     assert utils.memory_format(cuda) == torch.channels_last and utils.fused_optimizer(cuda)
     assert utils.memory_format(device) == torch.contiguous_format
+
+
+def test_profile_table_and_json_kept_when_cut_short(tmp_path, monkeypatch):
+    """--profile writes the top operators of ours per workload; a run stopped after its first
+    workload (Ctrl-C, or gpu_check.sh's time limit) has already saved that workload's row."""
+    real = bench.run_workload
+
+    def run_workload(name, *args, **kwargs):
+        if name == "infer_p1":
+            raise KeyboardInterrupt
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "run_workload", run_workload)
+    out, profile = tmp_path / "b.json", tmp_path / "profile.txt"
+    argv = ["--device", "cpu", "--threads", "1", "--workers", "0", "--only", "finetune",
+            "infer_p1", "--json", str(out), "--profile", str(profile)]
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(bench.get_args_parser().parse_args(argv))
+    saved = json.loads(out.read_text())
+    assert list(saved["workloads"]) == ["finetune"]
+    assert saved["workloads"]["finetune"]["ours"]["images_per_s"] > 0
+    text = profile.read_text()
+    assert text.startswith("== finetune (ours, cpu)\n") and "Self CPU" in text
+    assert "aten::convolution_backward" in text  # ResNet50's backward is among the top ops
