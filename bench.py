@@ -715,8 +715,9 @@ def main(args):
     print(f"bench on {results['device_name']} | torch {torch.__version__} | "
           f"{cfg['steps']} timed steps after {cfg['warmup']} | bf16 peak "
           f"{_fmt(peak, '.0f', 'unknown (pass --peak-tflops)')} TFLOP/s", flush=True)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
+    for path in (args.json, args.profile):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
 
     profiles = {}
 

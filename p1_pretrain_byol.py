@@ -2,10 +2,11 @@
 
 A torchvision resnet50(weights=None) is wrapped in byol-pytorch's BYOL (hidden layer `avgpool`,
 simplicial embeddings off). The defaults are the report's run: AdamW lr 1e-3, weight decay
-0.01, batch 256, 300 epochs, 128 px, the report's augmentation list (RandomResizedCrop(128)
-scale 0.08-1, horizontal flip, ColorJitter(0.2, 0.2, 0.2, 0.2) always, ImageNet normalisation).
-Images live in one uint8 bank on the training device and each view is augmented per sample
-there (utils.ClassificationAugment), so no DataLoader workers are involved.
+0.01 (on conv/linear weights only; biases and BatchNorm get none, as in the BYOL paper), batch
+256, 300 epochs, 128 px, the report's augmentation list (RandomResizedCrop(128) scale 0.08-1,
+horizontal flip, ColorJitter(0.2, 0.2, 0.2, 0.2) always, ImageNet normalisation). Images live
+in one uint8 bank on the training device and each view is augmented per sample there
+(utils.ClassificationAugment), so no DataLoader workers are involved.
 
     # the report's recipe
     python3 p1_pretrain_byol.py --data-dir hw1_data/p1_data/mini/train --output-dir runs/byol

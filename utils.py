@@ -259,7 +259,7 @@ def writable_dir(path, flag="--output-dir"):
 def print_run_header(args, device, batch_size=None, lr=None):
     print(f"git {git_sha()} | device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-          + (f" | {dist.get_backend()} x {world_size()}" if dist.is_initialized() else "")
+          + (f" | {dist.get_backend()} x {world_size()}" if in_process_group() else "")
           + (f" | batch {batch_size}" if batch_size is not None else "")
           + (f" | lr {lr:g}" if lr is not None else ""))
     print("args: " + json.dumps({k: _jsonable(v) for k, v in sorted(vars(args).items())}))
@@ -445,8 +445,13 @@ def init_distributed(device):
     return device
 
 
+def in_process_group():
+    """Whether this process is in a process group (torchrun), at any number of ranks."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def world_size():
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if in_process_group() else 1
 
 
 def rank():
@@ -570,11 +575,11 @@ def convert_sync_batchnorm(module, device):
 
 def distribute_model(model, device, find_unused_parameters=False):
     """Under torchrun: BatchNorm -> SyncBatchNorm, then DistributedDataParallel (gradients
-    averaged over the ranks in the backward). In one process: `model` itself.
+    averaged over the ranks in the backward). Without a process group: `model` itself.
 
     Buffers are synchronised once, at the start, and not re-broadcast at every forward: with
     synchronised BatchNorm every rank computes the same running statistics itself."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not in_process_group():
         return model
     model = convert_sync_batchnorm(model, device)
     ddp = torch.nn.parallel.DistributedDataParallel

@@ -101,6 +101,7 @@ def test_profile_table_and_json_kept_when_cut_short(tmp_path, monkeypatch):
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(bench, "run_workload", run_workload)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # leave the suite's as it is
     out, profile = tmp_path / "b.json", tmp_path / "profile.txt"
     argv = ["--device", "cpu", "--threads", "1", "--workers", "0", "--only", "finetune",
             "infer_p1", "--json", str(out), "--profile", str(profile)]

@@ -10,13 +10,11 @@ the CUDA-only assertions left out, to check the tests themselves without a GPU.
 
 import copy
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from test_p1 import make_p1_data
+from test_ddp import byol_under_torchrun
 from test_p2 import SAMPLE_IDS, shrink
 
 import p1_finetune
@@ -122,6 +120,7 @@ def test_finetune_and_segmentation_steps_never_sync(tmp_path, samples_dir):
     net = p2_train_deeplabv3.build_model(vars(seg_args), load_pretrained=False)
     net.to(DEVICE, memory_format=utils.memory_format(DEVICE))
     seg_opt = p2_common.make_optimizer(net, seg_args, DEVICE)
+    seg_sched = utils.make_lr_scheduler(seg_opt, seg_args.schedule, 100)
     criterion = p2_common.make_criterion(seg_args)
     seg_augment = p2_common.build_augment(seg_args)
     for i in SAMPLE_IDS:
@@ -134,7 +133,9 @@ def test_finetune_and_segmentation_steps_never_sync(tmp_path, samples_dir):
 
     def seg_step():
         x, y = seg_augment(images.batch(idx), masks.batch(idx))
-        return p2_common.train_step(net, seg_opt, x, y, criterion, DEVICE)
+        loss = p2_common.train_step(net, seg_opt, x, y, criterion, DEVICE)
+        seg_sched.step()
+        return loss
 
     for _ in range(2):
         seg_step()
@@ -142,23 +143,9 @@ def test_finetune_and_segmentation_steps_never_sync(tmp_path, samples_dir):
 
 
 def test_byol_under_torchrun_with_nccl(tmp_path, repo_root):
-    """One rank under torchrun: the NCCL process group, SyncBatchNorm and DDP on the GPU
-    (utils.init_distributed joins a process group under torchrun at any number of ranks)."""
-    data = make_p1_data(tmp_path / "data", classes=2, train_per_class=1, val_per_class=1,
-                        mini=16) / "mini" / "train"
-    out = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-         "p1_pretrain_byol.py", "--data-dir", str(data), "--output-dir", str(out),
-         "--epochs", "1", "--batch-size", "8", "--image-size", "32", "--device", DEVICE.type,
-         "--projection-hidden-size", "64"],
-        cwd=repo_root, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    backend = "nccl" if CUDA else "gloo"
-    assert f"| {backend} x 1" in done.stdout, done.stdout[:2000]
-    assert len(utils.read_jsonl(out / "log.jsonl")) == 1
-    state = torch.load(out / "backbone.pth", map_location="cpu", weights_only=True)
-    assert "conv1.weight" in state and state["conv1.weight"].is_contiguous()
+    """One rank under torchrun: the NCCL process group, SyncBatchNorm and DDP on the GPU (the
+    same run on the CPU, with gloo, is in test_ddp.py)."""
+    byol_under_torchrun(tmp_path, repo_root, DEVICE.type)
 
 
 def test_gpu_checkpoint_gives_the_cpu_masks(tmp_path, samples_dir):
@@ -190,7 +177,7 @@ def test_gpu_checkpoint_gives_the_cpu_masks(tmp_path, samples_dir):
     assert cpu.shape == (4, 128, 128)
     fp32 = float((masks[DEVICE.type, "--no-amp"] == cpu).mean())
     bf16 = float((masks[DEVICE.type, "--amp"] == cpu).mean())
-    assert fp32 > 0.99 and bf16 > 0.95, (fp32, bf16)
+    assert fp32 > 0.98 and bf16 > 0.95, (fp32, bf16)  # "fp32" on the GPU is TF32
 
 
 def test_sam_generator_under_bf16_finds_masks(tmp_path, samples_dir):
@@ -200,7 +187,7 @@ def test_sam_generator_under_bf16_finds_masks(tmp_path, samples_dir):
          DEVICE.type, "--pred-iou-thresh", "0", "--stability-score-thresh", "0"])
     p2_sam.main(args, model=p2_sam.tiny_sam())
     log = utils.read_jsonl(tmp_path / "sam" / "sam_log.jsonl")
-    assert len(log) == 1 and (tmp_path / "sam" / "0008_sam.png").exists()
+    assert len(log) == 1 and log[0]["masks"] > 0 and (tmp_path / "sam" / "0008_sam.png").exists()
 
 
 def test_compiled_classifier_matches_eager():

@@ -17,6 +17,8 @@ The ranks are started with torch.multiprocessing (spawn) and the environment tor
 
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -170,6 +172,31 @@ def test_deeplabv3_on_two_processes_equals_one_process(tmp_path, p2_data):
     for a, b in zip(ddp_log, single_log):
         assert a["val_pixel_acc"] == pytest.approx(b["val_pixel_acc"], abs=0.02)
     assert (tmp_path / "ddp" / "snapshots" / "epoch_002.npz").exists()
+
+
+def byol_under_torchrun(tmp_path, repo_root, device):
+    """`torchrun --standalone --nproc_per_node=1 p1_pretrain_byol.py` on `device`: one rank
+    still joins a process group (nccl on CUDA, gloo on the CPU) and trains through DDP and
+    synchronised BatchNorm; the run header says so, and its files are complete."""
+    data = make_p1_data(tmp_path / "data", classes=2, train_per_class=1, val_per_class=1,
+                        mini=16) / "mini" / "train"
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+         "p1_pretrain_byol.py", "--data-dir", str(data), "--output-dir", str(out),
+         "--epochs", "1", "--batch-size", "8", "--image-size", "32", "--device", device,
+         "--projection-hidden-size", "64"],
+        cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    backend = "nccl" if device == "cuda" else "gloo"
+    assert f"| {backend} x 1" in done.stdout, done.stdout[:2000]
+    assert len(utils.read_jsonl(out / "log.jsonl")) == 1
+    state = torch.load(out / "backbone.pth", map_location="cpu", weights_only=True)
+    assert "conv1.weight" in state and state["conv1.weight"].is_contiguous()
+
+
+def test_torchrun_with_one_process_runs_the_distributed_path(tmp_path, repo_root):
+    byol_under_torchrun(tmp_path, repo_root, "cpu")
 
 
 def test_sharded_validation_sums_to_the_whole_split(monkeypatch, p2_data):

@@ -43,7 +43,7 @@ stage() {
     t0=$SECONDS
     timeout --signal=INT --kill-after=20 "$limit" "$@" 2>&1 | tee -a "$log"
     rc=${PIPESTATUS[0]}
-    if ((rc == 124)); then
+    if ((rc == 124 || rc == 137)); then  # SIGINT at the limit, SIGKILL 20 s later
         echo "== $name: cut at ${limit}s" | tee -a "$log"
     else
         echo "== $name: exit $rc after $((SECONDS - t0))s" | tee -a "$log"
