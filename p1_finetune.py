@@ -343,9 +343,8 @@ def build_optimizer(model, args):
     head = [p for n, p in model.named_parameters() if n.startswith("fc.")]
     body = [p for n, p in model.named_parameters() if not n.startswith("fc.")]
     groups = [{"params": head, "lr": args.lr}, {"params": body, "lr": args.lr * scale}]
-    return utils.make_optimizer([g for g in groups if any(p.requires_grad for p in g["params"])],
-                                args.optimizer, args.lr, args.weight_decay, head[0].device,
-                                nesterov=args.optimizer == "sgd")
+    return utils.make_optimizer(groups, args.optimizer, args.lr, args.weight_decay,
+                                head[0].device, nesterov=args.optimizer == "sgd")
 
 
 def run_setting(args, banks=None):

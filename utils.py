@@ -455,7 +455,7 @@ def world_size():
 
 
 def rank():
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return dist.get_rank() if in_process_group() else 0
 
 
 def is_main_process():
@@ -522,7 +522,7 @@ class CPUSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
 
     def forward(self, x):
-        if not (self.training and dist.is_available() and dist.is_initialized()):
+        if not (self.training and in_process_group()):
             return super().forward(x)
         from torch.distributed._functional_collectives import all_reduce as reduce
 
