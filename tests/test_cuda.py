@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 from test_ddp import byol_under_torchrun
-from test_p2 import SAMPLE_IDS, shrink
+from test_p2 import SAMPLE_IDS, shrink_pairs
 
+import bench
 import p1_finetune
 import p1_pretrain_byol
 import p2_common
@@ -33,13 +34,10 @@ CUDA = DEVICE.type == "cuda"
 
 @pytest.fixture(autouse=True)
 def fast_math():
-    """As every script sets it (TF32, cuDNN autotuner), undone afterwards."""
-    saved = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
-             torch.backends.cudnn.allow_tf32)
-    utils.setup_precision(DEVICE)
-    yield
-    (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
-     torch.backends.cudnn.allow_tf32) = saved
+    """TF32, cuDNN's autotuner and the tuning switches as every script sets them, undone
+    afterwards (bench.py's `ours` settings)."""
+    with bench.torch_flags(DEVICE, bench.Variant()):
+        yield
 
 
 def no_host_sync(step, *args):
@@ -123,9 +121,7 @@ def test_finetune_and_segmentation_steps_never_sync(tmp_path, samples_dir):
     seg_sched = utils.make_lr_scheduler(seg_opt, seg_args.schedule, 100)
     criterion = p2_common.make_criterion(seg_args)
     seg_augment = p2_common.build_augment(seg_args)
-    for i in SAMPLE_IDS:
-        shrink(samples_dir / f"{i}_sat.jpg", tmp_path / f"{i}_sat.jpg", (96, 96))
-        shrink(samples_dir / f"{i}_mask.png", tmp_path / f"{i}_mask.png", (96, 96), mask=True)
+    shrink_pairs(samples_dir, tmp_path, 96)
     _, images, masks = p2_common.load_split(tmp_path)
     images.to(DEVICE)
     masks.to(DEVICE)
@@ -155,11 +151,7 @@ def test_gpu_checkpoint_gives_the_cpu_masks(tmp_path, samples_dir):
     bf16's rounding flips more of its near-ties than TF32's."""
     data = tmp_path / "p2"
     for split in ("train", "validation"):
-        (data / split).mkdir(parents=True)
-        for i in SAMPLE_IDS:
-            shrink(samples_dir / f"{i}_sat.jpg", data / split / f"{i}_sat.jpg", (128, 128))
-            shrink(samples_dir / f"{i}_mask.png", data / split / f"{i}_mask.png", (128, 128),
-                   mask=True)
+        shrink_pairs(samples_dir, data / split, 128)
     run = tmp_path / "run"
     p2_train_deeplabv3.main(p2_train_deeplabv3.get_args_parser().parse_args(
         ["--data-dir", str(data), "--output-dir", str(run), "--epochs", "3", "--batch-size",

@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from test_p1 import make_p1_data
-from test_p2 import SAMPLE_IDS, shrink
+from test_p2 import SAMPLE_IDS, shrink_pairs
 
 import p1_pretrain_byol
 import p2_common
@@ -38,6 +38,12 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def tiny_mini(root):
+    """A generated mini/train folder of 16 images."""
+    return make_p1_data(root, classes=2, train_per_class=1, val_per_class=1,
+                        mini=16) / "mini" / "train"
 
 
 def byol_argv(data, out):  # 8 images, 1 step per epoch: epoch 1's loss is the first forward
@@ -144,18 +150,13 @@ def assert_same_run(ranks, ddp_log, single, single_log, loss_key):
 def p2_data(tmp_path_factory, samples_dir):
     """p2_data with the 4 real samples at 64 px as train/ and 2 of them as validation/."""
     root = tmp_path_factory.mktemp("p2_ddp")
-    for split, ids in (("train", SAMPLE_IDS), ("validation", SAMPLE_IDS[:2])):
-        (root / split).mkdir()
-        for i in ids:
-            shrink(samples_dir / f"{i}_sat.jpg", root / split / f"{i}_sat.jpg", (64, 64))
-            shrink(samples_dir / f"{i}_mask.png", root / split / f"{i}_mask.png", (64, 64),
-                   mask=True)
+    shrink_pairs(samples_dir, root / "train", 64)
+    shrink_pairs(samples_dir, root / "validation", 64, ids=SAMPLE_IDS[:2])
     return root
 
 
 def test_byol_on_two_processes_equals_one_process(tmp_path):
-    data = make_p1_data(tmp_path / "data", classes=2, train_per_class=1, val_per_class=1,
-                        mini=16) / "mini" / "train"
+    data = tiny_mini(tmp_path / "data")
     ranks, ddp_log, single, single_log = run_both("byol", data, tmp_path)
     # same augmentation draws and SyncBatchNorm: the 2 x 4 run is the 1 x 8 run
     assert_same_run(ranks, ddp_log, single, single_log, "loss")
@@ -178,8 +179,7 @@ def byol_under_torchrun(tmp_path, repo_root, device):
     """`torchrun --standalone --nproc_per_node=1 p1_pretrain_byol.py` on `device`: one rank
     still joins a process group (nccl on CUDA, gloo on the CPU) and trains through DDP and
     synchronised BatchNorm; the run header says so, and its files are complete."""
-    data = make_p1_data(tmp_path / "data", classes=2, train_per_class=1, val_per_class=1,
-                        mini=16) / "mini" / "train"
+    data = tiny_mini(tmp_path / "data")
     out = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",

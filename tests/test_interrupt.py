@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_p1 import make_p1_data, parse
-from test_p2 import SAMPLE_IDS, shrink
+from test_p2 import SAMPLE_IDS, shrink_pairs
 
 import p1_finetune
 import p1_pretrain_byol
@@ -40,14 +40,9 @@ def one_thread():
 def seg_data(tmp_path_factory, samples_dir):
     """p2_data: train/ holds the 4 real samples 3 times (12 pairs, 6 steps of 2 per epoch)."""
     root = tmp_path_factory.mktemp("p2_interrupt")
-    (root / "train").mkdir()
-    (root / "validation").mkdir()
-    for i in SAMPLE_IDS:
-        for split, copies in (("train", 3), ("validation", 1)):
-            for c in range(copies):
-                shrink(samples_dir / f"{i}_sat.jpg", root / split / f"{c}{i}_sat.jpg", (64, 64))
-                shrink(samples_dir / f"{i}_mask.png", root / split / f"{c}{i}_mask.png",
-                       (64, 64), mask=True)
+    for split, copies in (("train", 3), ("validation", 1)):
+        for c in range(copies):
+            shrink_pairs(samples_dir, root / split, 64, names=[f"{c}{i}" for i in SAMPLE_IDS])
     return root
 
 

@@ -54,16 +54,22 @@ def shrink(src, dst, size, mask=False):
     image.save(dst, **({} if mask else {"quality": 95}))
 
 
+def shrink_pairs(samples_dir, folder, size, ids=SAMPLE_IDS, names=None):
+    """Write the samples `ids` (sat + mask) shrunk to size x size into `folder` (created), each
+    under its name from `names` (default: its own id)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for src, dst in zip(ids, names or ids):
+        shrink(samples_dir / f"{src}_sat.jpg", folder / f"{dst}_sat.jpg", (size, size))
+        shrink(samples_dir / f"{src}_mask.png", folder / f"{dst}_mask.png", (size, size),
+               mask=True)
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory, samples_dir):
     """p2_data layout with the real samples at 64 px: train/ as they are, validation/ renamed."""
     root = tmp_path_factory.mktemp("p2_data")
-    for split, names in (("train", SAMPLE_IDS), ("validation", VAL_IDS)):
-        (root / split).mkdir()
-        for src, dst in zip(SAMPLE_IDS, names):
-            shrink(samples_dir / f"{src}_sat.jpg", root / split / f"{dst}_sat.jpg", (64, 64))
-            shrink(samples_dir / f"{src}_mask.png", root / split / f"{dst}_mask.png", (64, 64),
-                   mask=True)
+    shrink_pairs(samples_dir, root / "train", 64)
+    shrink_pairs(samples_dir, root / "validation", 64, names=VAL_IDS)
     return root
 
 
