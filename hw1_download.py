@@ -1,32 +1,56 @@
-"""Fetch everything the experiments and the grading entry points need (run via hw1_download.sh).
+"""Fetch everything the experiments and the grading entry points need.
 
     bash hw1_download.sh                 # everything that is missing
     bash hw1_download.sh data sam        # only some items
+    bash hw1_download_ckpt.sh            # the grader's entry: only p1 and p2
     python hw1_download.py --list        # what would be fetched, and where
 
-Items (all addresses are in ITEMS below, the one place that knows them):
-  data         hw1_data.zip from Google Drive (gdown), unpacked to hw1_data/
-  sam          the SAM ViT-H checkpoint -> checkpoints/sam_vit_h_4b8939.pth (sha256 checked)
+Items (all addresses and hashes are in ITEMS below, the one place that knows them). Each is
+checked with the hash its publisher uses:
+  data         hw1_data.zip from Google Drive (gdown), unpacked to hw1_data/ (checked by the
+               folders it must contain)
+  sam          the SAM ViT-H checkpoint -> checkpoints/sam_vit_h_4b8939.pth, checked against
+               Meta's full MD5 (and its size, as a quick pre-check)
   torchvision  the ImageNet/COCO initialisation weights of FCN32s (VGG16) and DeepLabV3 into
-               the torch hub cache, where the training scripts look for them
+               the torch hub cache, where the training scripts look for them; checked as
+               torch.hub does, against the sha256 prefix in each file's name
   p1 / p2      our trained checkpoints for hw1_1.sh / hw1_2.sh -> checkpoints/p1_C.pth,
-               checkpoints/p2_B.pth
+               checkpoints/p2_B.pth, checked against the full sha256 recorded next to their URL
+               ($HW1_P1_URL / $HW1_P1_SHA256 and $HW1_P2_URL / $HW1_P2_SHA256 override them).
+               `bash hw1_download_ckpt.sh` (run by the course's grader before inference) fetches
+               exactly these two.
 
-Idempotent: an item already in place (right size or hash) is skipped. Without a network every
-missing item fails with one line saying what to do, the others still run, and the exit status
-is non-zero.
+Idempotent: an item already in place whose hash matches is not fetched again; one whose hash
+does not match is reported and fetched again; a checkpoint in place with no hash recorded (your
+own model) is kept and reported as unverified. A download goes to a temporary file beside its
+destination and takes the final name only once its size and hash check out, so an interrupted or
+corrupt download leaves nothing behind. Without a network every missing item fails with one line
+on stderr saying what to do, the others still run, and the exit status is non-zero.
+
+Python 3.8, standard library only (gdown for the data and torchvision for its weights are
+imported only by those items).
 """
 
 import argparse
 import hashlib
+import http.client
 import os
-import shutil
 import sys
+import tempfile
+import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+TIMEOUT = 30  # seconds without progress before a download counts as failed
+CHUNK = 1 << 22
+HASH_KINDS = ("md5", "sha256")  # the keys an item may record its digest under
+
+
+def _env(name):
+    return os.environ.get(name, "").strip()
+
 
 ITEMS = {
     "data": {
@@ -39,8 +63,9 @@ ITEMS = {
     "sam": {
         "url": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
         "dest": ROOT / "checkpoints" / "sam_vit_h_4b8939.pth",
-        "sha256_prefix": "4b8939",  # SAM names its files after their hash
+        "md5": "4b8939a88964f0f4ff5f5b2642c598a6",  # Meta publishes the MD5; its name holds 6
         "size": 2564550879,
+        "hint": "download it by hand from the URL above into checkpoints/",
     },
     "torchvision": {
         "weights": ["VGG16_Weights.IMAGENET1K_V1",
@@ -48,12 +73,18 @@ ITEMS = {
                     "DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1",
                     "ResNet50_Weights.IMAGENET1K_V1"],
     },
-    # Our trained checkpoints. The URLs stay empty until a trained model is published; until
-    # then the item tells the user which command trains it.
-    "p1": {"url": os.environ.get("HW1_P1_URL", ""), "dest": ROOT / "checkpoints" / "p1_C.pth",
-           "train": "python p1_finetune.py --setting C ... (see README, Problem 1)"},
-    "p2": {"url": os.environ.get("HW1_P2_URL", ""), "dest": ROOT / "checkpoints" / "p2_B.pth",
-           "train": "python p2_train_deeplabv3.py ... (see README, Problem 2)"},
+    # Our trained checkpoints: url and sha256 (and optionally size) are filled in once a trained
+    # model is published; until then the item tells the user which command trains it.
+    "p1": {"url": _env("HW1_P1_URL"), "sha256": _env("HW1_P1_SHA256"),
+           "dest": ROOT / "checkpoints" / "p1_C.pth",
+           "hint": "train it with `python p1_finetune.py --setting C ...` and export it with "
+                   "`python3 tools/export_checkpoint.py p1 runs/p1_finetune/C/best.pth` "
+                   "(README, Grading), or set HW1_P1_URL (and HW1_P1_SHA256)"},
+    "p2": {"url": _env("HW1_P2_URL"), "sha256": _env("HW1_P2_SHA256"),
+           "dest": ROOT / "checkpoints" / "p2_B.pth",
+           "hint": "train it with `python p2_train_deeplabv3.py ...` and export it with "
+                   "`python3 tools/export_checkpoint.py p2 runs/p2_deeplabv3/best.pth` "
+                   "(README, Grading), or set HW1_P2_URL (and HW1_P2_SHA256)"},
 }
 
 
@@ -61,24 +92,106 @@ class Failed(Exception):
     pass
 
 
-def _download(url, dest):
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
-            shutil.copyfileobj(r, f, length=1 << 22)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise Failed(f"cannot download {url} ({e}); check the network and run again") from None
-    os.replace(tmp, dest)
+def expected_hash(item):
+    """(kind, lower-case hex digest) recorded for the item, or (None, None) when none is."""
+    for kind in HASH_KINDS:
+        if item.get(kind):
+            return kind, item[kind].strip().lower()
+    return None, None
 
 
-def _sha256(path):
-    h = hashlib.sha256()
+def file_digest(path, kind):
+    h = hashlib.new(kind)
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
+        for chunk in iter(lambda: f.read(CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def verify(path, kind, expected):
+    """(ok, actual digest) of the file at path against the full hex digest expected."""
+    actual = file_digest(path, kind)
+    return actual == expected.strip().lower(), actual
+
+
+def _download(url, dest, kind=None, expected=None, size=None):
+    """Stream url into a temporary file beside dest, hashing as it goes; the file takes the name
+    dest only once the byte count (Content-Length, and the recorded size when there is one) and
+    the hash check out. Whatever happens, no temporary file is left behind."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=str(dest.parent), prefix="." + dest.name + ".",
+                                        suffix=".part")
+    except OSError as e:
+        raise Failed(f"cannot write into {dest.parent} ({e})") from None
+    tmp = Path(tmp_name)
+    h = hashlib.new(kind) if kind else None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            try:
+                with urllib.request.urlopen(url, timeout=TIMEOUT) as r:
+                    length = r.headers.get("Content-Length")
+                    got = 0
+                    for chunk in iter(lambda: r.read(CHUNK), b""):
+                        f.write(chunk)
+                        got += len(chunk)
+                        if h is not None:
+                            h.update(chunk)
+            except urllib.error.URLError as e:
+                raise Failed(f"cannot download {url} ({getattr(e, 'reason', e)}); check the "
+                             "network and run again") from None
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                raise Failed(f"cannot download {url} ({type(e).__name__}: {e}); check the "
+                             "network and run again") from None
+        if length is not None and length.isdigit() and got != int(length):
+            raise Failed(f"download of {dest} from {url} was cut short ({got} of {length} bytes) "
+                         "and was discarded; run again")
+        if size is not None and got != size:
+            raise Failed(f"download of {dest} from {url} has {got} bytes, expected {size}, and "
+                         "was discarded; check the URL")
+        if h is not None and h.hexdigest() != expected:
+            raise Failed(f"download of {dest} failed its {kind} check (expected {expected}, got "
+                         f"{h.hexdigest()}) and was discarded; run again, or check the URL")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(str(tmp), 0o666 & ~umask)  # mkstemp made it private; give it the usual mode
+        os.replace(str(tmp), str(dest))
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def get_file(item):
+    """A single file with a URL and (normally) a recorded hash: SAM, p1, p2."""
+    dest = item["dest"]
+    kind, expected = expected_hash(item)
+    size = item.get("size")
+    url = item.get("url")
+    if kind is not None and (len(expected) != 2 * hashlib.new(kind).digest_size
+                             or any(c not in "0123456789abcdef" for c in expected)):
+        raise Failed(f"the {kind} recorded for {dest.name} ({expected!r}) is not a full "
+                     f"{2 * hashlib.new(kind).digest_size}-digit hex digest")
+    if dest.is_file():
+        if kind is None:
+            return f"{dest} in place (no hash recorded, so unverified)"
+        have = dest.stat().st_size
+        if size is not None and have != size:
+            problem = f"has {have} bytes, expected {size}"
+        else:
+            ok, actual = verify(dest, kind, expected)
+            if ok:
+                return f"{dest} already in place ({kind} matches)"
+            problem = f"fails its {kind} check (expected {expected}, got {actual})"
+        if not url:
+            raise Failed(f"{dest} {problem}, and no URL is published to fetch it again; "
+                         f"{item.get('hint', 'replace it')}")
+        print(f"{dest} {problem}; fetching it again", flush=True)
+    elif not url:
+        raise Failed(f"{dest} is missing and no URL is published for it yet; "
+                     f"{item.get('hint', 'put it there by hand')}")
+    _download(url, dest, kind, expected, size)
+    return f"{dest} downloaded" + (f" ({kind} matches)" if kind else
+                                   " (no hash recorded, so unverified)")
 
 
 def get_data(item):
@@ -111,16 +224,6 @@ def get_data(item):
     return f"unpacked to {dest}"
 
 
-def get_sam(item):
-    dest = item["dest"]
-    if not (dest.exists() and dest.stat().st_size == item["size"]):
-        _download(item["url"], dest)
-    if not _sha256(dest).startswith(item["sha256_prefix"]):
-        dest.unlink()
-        raise Failed(f"{dest} failed its sha256 check and was removed; run again")
-    return f"{dest} ok"
-
-
 def get_torchvision(item):
     try:
         import torchvision.models as tvm
@@ -131,25 +234,16 @@ def get_torchvision(item):
         enum, member = name.split(".")
         weights = getattr(tvm, enum)[member]
         try:
-            weights.get_state_dict(progress=True, check_hash=True)  # cached after the first time
+            # torch.hub checks the sha256 prefix in the file name; cached after the first time
+            weights.get_state_dict(progress=True, check_hash=True)
         except (OSError, RuntimeError) as e:
             raise Failed(f"cannot fetch torchvision weights {name} ({e}); check the network, "
                          "or train with --no-pretrained") from None
     return "torchvision weights in " + str(Path(os.environ.get("TORCH_HOME", "~/.cache/torch")))
 
 
-def get_checkpoint(item):
-    if item["dest"].exists():
-        return f"{item['dest']} already there"
-    if not item["url"]:
-        raise Failed(f"no published URL for {item['dest'].name} yet; train it with "
-                     f"`{item['train']}` and save it as {item['dest']}")
-    _download(item["url"], item["dest"])
-    return f"{item['dest']} downloaded"
-
-
-GETTERS = {"data": get_data, "sam": get_sam, "torchvision": get_torchvision,
-           "p1": get_checkpoint, "p2": get_checkpoint}
+GETTERS = {"data": get_data, "sam": get_file, "torchvision": get_torchvision,
+           "p1": get_file, "p2": get_file}
 
 
 def get_args_parser():
@@ -171,18 +265,21 @@ def main(args):
     if args.list:
         for name in items:
             item = ITEMS[name]
-            print(f"{name:12s} {item.get('url') or item.get('gdrive_id') or item.get('weights')}"
-                  f" -> {item.get('dest', 'torch hub cache')}")
+            kind, expected = expected_hash(item)
+            check = f"{kind} {expected}" if kind else (
+                "sha256 prefix in the file name" if name == "torchvision" else
+                "folders present" if name == "data" else "no hash recorded")
+            source = item.get("url") or item.get("gdrive_id") or item.get("weights") or \
+                "(no URL published yet)"
+            print(f"{name:12s} {source} -> {item.get('dest', 'torch hub cache')} [{check}]")
         return 0
     failed = []
     for name in items:
         try:
-            print(f"[{name}] {GETTERS[name](ITEMS[name])}")
+            print(f"[{name}] {GETTERS[name](ITEMS[name])}", flush=True)
         except Failed as e:
-            print(f"[{name}] error: {e}", file=sys.stderr)
+            print(f"[{name}] error: {e}", file=sys.stderr, flush=True)
             failed.append(name)
-    if failed:
-        print(f"{len(failed)} item(s) not fetched: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
 
 

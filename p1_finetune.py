@@ -9,17 +9,18 @@
 | E       | own BYOL    (--backbone)              | head only (frozen) |
 
 Every setting uses the report's head (2048-1024-512-65, BatchNorm, Dropout 0.4/0.3, ReLU) in
-place of the ResNet's `fc`. A frozen backbone (D, E) has requires_grad off AND its BatchNorm
-layers held in eval mode, so its running statistics do not move either; at the end a moco-style
-sanity_check asserts every backbone tensor (parameters and buffers) is bit-identical to the file
-it was loaded from.
+place of the ResNet's `fc`. A frozen backbone (D, E) has requires_grad off; with --freeze-bn
+(the strong recipe) its BatchNorm layers are also held in eval mode, so their running
+statistics do not move; at the end a moco-style sanity_check asserts every backbone parameter
+(and, with --freeze-bn, every BatchNorm buffer) is bit-identical to the file it was loaded from.
 
-    # one setting (output in runs/p1_finetune/C/, accuracy merged into results/p1_table.*)
+    # one setting, the report's recipe (runs/p1_finetune/C/, accuracy into results/p1_table.*)
     python3 p1_finetune.py --setting C --data-dir hw1_data/p1_data/office \\
         --backbone runs/byol/backbone.pth
-    # all five in sequence -> results/p1_table.md and results/p1_table.json
+    # all five in sequence with the strongest known recipe -> results/p1_table.{md,json}
     python3 p1_finetune.py --setting all --data-dir hw1_data/p1_data/office \\
-        --backbone runs/byol/backbone.pth --sl-backbone hw1_data/p1_data/pretrain_model_SL.pt
+        --backbone runs/byol/backbone.pth --sl-backbone hw1_data/p1_data/pretrain_model_SL.pt \\
+        --recipe strong
     # continue an interrupted run (from runs/p1_finetune/C/last.pth); Ctrl-C or SIGTERM stops
     # after the current step with exit 130 / 143 and last.pth = the last completed epoch
     python3 p1_finetune.py --setting C ... --resume
@@ -31,16 +32,18 @@ it was loaded from.
 
 Outputs per setting (in --output-dir/SETTING): args.json, log.jsonl (one line per epoch),
 curves.png (train loss, train acc, val acc), best.pth (best val acc; what hw1_1.sh uses as
-checkpoints/p1_C.pth), epoch_first.pth and last.pth (first and last epoch, for p1_tsne.py;
+checkpoints/p1_C.pth), epoch_001.pth and last.pth (first and last epoch, for p1_tsne.py;
 last.pth also holds the optimizer for --resume). Checkpoints carry args (setting, num_classes,
 image_size, bank_size) so p1_inference.py and p1_tsne.py rebuild the model from them alone.
 
-Defaults (chosen, not measured on the real data): 100 epochs, batch 64, AdamW lr 1e-3, weight
-decay 0.01, 5 warm-up epochs then cosine, label smoothing 0.1; the backbone of B and C trains at
-0.1x the head's lr so the pre-trained features are adjusted rather than overwritten, A at 1x.
-Images are kept as a 144 px uint8 bank (squashed to a square) and augmented per sample on the
-training device: random-resized crop to 128 (scale 0.25-1), flip, colour jitter p=0.8; the
-evaluation view is the whole 144 px image resized to 128.
+Recipes (recipes.py): `--recipe report`, the default, is the report's code: AdamW 3e-4 with
+weight decay 1e-5 on every parameter, batch 64, 300 epochs at a constant lr, plain
+cross-entropy, gradual unfreezing in A/B/C (the head alone for 8 epochs, then layer4, then all
+from epoch 13), D/E with moving BatchNorm statistics, and its augmentation list
+(RandomResizedCrop, flip, rotation 15, a 4-px shift, colour jitter 0.2). `--recipe strong`:
+Adam 5e-4, warm-up and cosine, SimCLR augmentation, frozen BatchNorm statistics in D/E. Images
+are kept as a 128 px uint8 bank (squashed to a square, as Resize((128, 128))) and augmented per
+sample on the training device; the evaluation view is the bank image at --image-size.
 """
 
 import argparse
@@ -50,11 +53,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torchvision.models.resnet import Bottleneck, ResNet
 from tqdm import tqdm
 
+import data
+import distributed
+import errors
+import p1_common
+import recipes
+import training
 import utils
+from augment import ClassificationAugment
+from records import atomic_write_bytes, plot_curves, read_jsonl, write_json
 
 SETTINGS = {  # setting: (where the backbone starts, is it frozen)
     "A": ("random", False),
@@ -68,8 +77,8 @@ DESCRIPTION = {"random": "none", "supervised": "supervised (pretrain_model_SL.pt
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(
-        "p1_finetune", formatter_class=utils.HelpFormatter,
+    parser = recipes.RecipeParser(
+        "p1_finetune", "p1_finetune", formatter_class=utils.HelpFormatter,
         description="Fine-tune ResNet50 + the report's head on Office-Home, "
         "settings A-E (see the module docstring for the table).")
     parser.add_argument("--setting", required=True, choices=[*SETTINGS, "all"],
@@ -93,8 +102,12 @@ def get_args_parser():
     train.add_argument("--image-size", default=128, type=int, help="side the network sees")
     train.add_argument("--bank-size", default=144, type=int,
                        help="side images are stored at (square) before the random crop")
+    train.add_argument("--aug", default="report", choices=sorted(AUGMENTS),
+                       help="report: RandomResizedCrop, flip, rotation 15, shift 4 px, colour "
+                       "jitter 0.2 (the report's list); simclr: SimCLR's list; light: crop of "
+                       "--min-scale..1, flip, mild jitter")
     train.add_argument("--min-scale", default=0.25, type=float,
-                       help="smallest area fraction of the random-resized crop")
+                       help="smallest area fraction of the random-resized crop (--aug light)")
     train.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"],
                        help="sgd uses Nesterov momentum 0.9; try --lr 0.01 with it")
     train.add_argument("--lr", default=1e-3, type=float, help="learning rate of the head")
@@ -102,7 +115,17 @@ def get_args_parser():
                        help="backbone lr = lr x this; default 1.0 for A (nothing to keep), "
                        "0.1 for B and C (keep the pre-trained features); unused for D, E")
     train.add_argument("--weight-decay", default=0.01, type=float,
-                       help="decoupled (AdamW); conv/linear weights only")
+                       help="decoupled (AdamW); conv/linear weights only, unless --decay-all")
+    train.add_argument("--decay-all", action=utils.BooleanFlag, default=False,
+                       help="weight decay on biases and BatchNorm too, as "
+                       "AdamW(model.parameters()) does (the report's code)")
+    train.add_argument("--unfreeze", default="", type=str,
+                       help="A/B/C: gradual unfreezing EPOCH:PART,...: the head alone until "
+                       "0-based epoch EPOCH, then PART (a ResNet stage such as layer4, or all); "
+                       "the report's code: 8:layer4,12:all; empty: everything from the start")
+    train.add_argument("--freeze-bn", action=utils.BooleanFlag, default=True,
+                       help="D/E: the frozen backbone's BatchNorm statistics stay fixed; "
+                       "--no-freeze-bn lets them move under model.train() (the report's code)")
     train.add_argument("--schedule", default="cosine", choices=["cosine", "constant", "step"],
                        help="step: x0.1 at 1/2 and 3/4 of training")
     train.add_argument("--warmup-epochs", default=5, type=float,
@@ -113,7 +136,7 @@ def get_args_parser():
     run = parser.add_argument_group("run")
     run.add_argument("--resume", action="store_true", help="continue from SETTING/last.pth")
     run.add_argument("--overwrite", action="store_true", help="start again in a used folder")
-    utils.add_hardware_args(run)
+    training.add_hardware_args(run)
     run.add_argument("--max-images", default=None, type=int,
                      help="use only this many train (and val) images, for smoke runs")
     run.add_argument("--cache-dir", default=None, type=Path,
@@ -125,156 +148,61 @@ def get_args_parser():
 # ---------------------------------------------------------------------------------------------
 # model
 # ---------------------------------------------------------------------------------------------
-class Classifier(ResNet):
-    """torchvision resnet50(weights=None) whose `fc` is the report's head.
-
-    Subclassing ResNet keeps resnet50()'s state_dict keys (conv1.weight, layer1.0..., fc.N.*),
-    so pretrain_model_SL.pt and backbone.pth load as they are, and "backbone" means every
-    tensor whose name does not start with "fc.".
-    """
-
-    def __init__(self, num_classes=65, freeze_backbone=False):
-        super().__init__(Bottleneck, [3, 4, 6, 3])
-        self.fc = nn.Sequential(  # the report's head, layer order as in the report
-            nn.Linear(2048, 1024), nn.BatchNorm1d(1024), nn.Dropout(0.4), nn.ReLU(),
-            nn.Linear(1024, 512), nn.BatchNorm1d(512), nn.Dropout(0.3), nn.ReLU(),
-            nn.Linear(512, num_classes))
-        self.freeze_backbone = freeze_backbone
-        for name, p in self.named_parameters():
-            p.requires_grad_(name.startswith("fc.") or not freeze_backbone)
-
-    def train(self, mode=True):
-        # a frozen backbone stays in eval mode whatever the loop asks: its BatchNorm layers then
-        # normalise with the loaded running stats and never update them
-        super().train(mode)
-        if self.freeze_backbone:
-            for name, child in self.named_children():
-                if name != "fc":
-                    child.train(False)
-        return self
-
-    def embed(self, x):
-        """(B, 3, S, S) -> (B, 2048): the avgpool output, what the head sees."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, S/4, S/4)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 2048, S/32, S/32)
-        return torch.flatten(self.avgpool(x), 1)
-
-    def penultimate(self, x):
-        """(B, 512): output of the head's second ReLU = the input of its last Linear (the
-        "second-to-last layer" features of the t-SNE; Dropout is inactive in eval mode)."""
-        return self.fc[:-1](self.embed(x))
-
-    def forward(self, x):
-        return self.fc(self.embed(x))  # (B, num_classes) logits
 
 
-def backbone_state(model):
-    return {k: v for k, v in utils.unwrap_model(model).state_dict().items()
-            if not k.startswith("fc.")}
-
-
-def sanity_check(model, source):
-    """moco's check: after a frozen-backbone run, every backbone tensor (weights AND BatchNorm
-    buffers) must be bit-identical to the file the backbone was loaded from."""
+def sanity_check(model, source, buffers=True):
+    """moco's check: after a frozen-backbone run, every backbone tensor (weights AND, with
+    `buffers`, the BatchNorm statistics) must be bit-identical to the file the backbone was
+    loaded from. --no-freeze-bn lets the statistics move on purpose: buffers=False then."""
     state = utils.load_checkpoint(source, expect_keys=())
     state = utils.strip_prefixes(state["model"] if "model" in state else state)
-    backbone = backbone_state(model)
+    backbone = p1_common.backbone_state(model)
+    if not buffers:
+        backbone = {k: v for k, v in backbone.items() if k in dict(model.named_parameters())}
     for k, v in backbone.items():
         assert k in state, f"{k} is not in {source}: the frozen backbone kept a random tensor"
         assert torch.equal(v.cpu(), state[k].cpu()), f"{k} changed in a frozen-backbone run"
     print(f"sanity check passed: {len(backbone)} backbone tensors unchanged")
 
 
-def load_classifier(path, device):
-    """Rebuild a Classifier from a checkpoint of this script alone
-    -> (model in eval mode, the run's args, the checkpoint's epoch)."""
-    ckpt = utils.load_checkpoint(path, expect_keys=())
-    args = (ckpt.get("args") if isinstance(ckpt, dict) else None) or {}
-    if not (isinstance(ckpt, dict) and "model" in ckpt and "num_classes" in args
-            and "setting" in args):
-        if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
-            kind = "a bare state_dict (a backbone such as backbone.pth or pretrain_model_SL.pt)"
-        elif "ema_decay" in args or "projection_size" in args:
-            kind = "a BYOL pre-training checkpoint of p1_pretrain_byol.py (no classifier head)"
-        elif "model_name" in args:
-            kind = f"a Problem 2 {args['model_name']} checkpoint"
-        else:
-            kind = "a file whose args have no setting/num_classes"
-        raise utils.UserError(f"{path} is not a p1_finetune.py checkpoint but {kind}; pass a "
-                              "best.pth of p1_finetune.py (e.g. checkpoints/p1_C.pth)")
-    model = Classifier(args["num_classes"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise utils.UserError(f"{path} does not fit the classifier its args describe "
-                              f"({utils.first_line(e, 120)}); train or download it again"
-                              ) from None
-    device = torch.device(device)
-    model.to(device, memory_format=utils.memory_format(device)).eval()
-    return model, args, ckpt.get("epoch")
-
-
 # ---------------------------------------------------------------------------------------------
 # data and evaluation (shared with p1_pretrain_byol.py, p1_tsne.py and p1_inference.py)
 # ---------------------------------------------------------------------------------------------
-def office_dir(data_dir):
-    data_dir = Path(data_dir)
-    return data_dir / "office" if (data_dir / "office" / "train.csv").exists() else data_dir
-
-
-def load_office(data_dir, split, bank_size, device, cache_dir=None, max_images=None, seed=0):
-    """Office-Home split -> (ImageBank (N, 3, s, s) uint8 on `device`, labels (N,) int64)."""
-    data_dir = office_dir(data_dir)
-    if not (data_dir / f"{split}.csv").is_file():
-        raise utils.UserError(f"{data_dir} has no {split}.csv; --data-dir must be the "
-                              "Office-Home folder with train.csv, val.csv, train/ and val/ "
-                              "(run `bash hw1_download.sh`)")
-    rows = utils.read_office_csv(data_dir / f"{split}.csv", data_dir / split)
-    if max_images is not None and max_images < len(rows):
-        keep = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
-        rows = [rows[i] for i in sorted(keep[:max_images].tolist())]
-    bank = utils.ImageBank.from_paths([r["path"] for r in rows], size=bank_size,
-                                      cache_dir=cache_dir, progress=True).to(device)
-    return bank, torch.tensor([r["label"] for r in rows], device=device)
-
-
-@torch.no_grad()
-def run_batches(fn, bank, transform, batch_size, device, amp=True, shard=(0, 1)):
-    """fn(transform(images)) over a whole bank in order, batch by batch -> (N, ...) float32.
-    shard=(rank, world_size): only the rows rank, rank + world_size, ... (sharded validation)."""
-    outs = []
-    for idx in utils.index_batches(len(bank), batch_size, shuffle=False, drop_last=False,
-                                   device=bank.device, rank=shard[0], world_size=shard[1]):
-        x = transform(bank.batch(idx).to(device, non_blocking=True))
-        with utils.autocast(device, amp):
-            outs.append(fn(x.contiguous(memory_format=utils.memory_format(device))).float())
-    return torch.cat(outs)
 
 
 def evaluate(model, bank, labels, args, device):
     """Top-1 accuracy over the whole split. Under torchrun each rank scores its share of the
     images (with the plain model: no collective inside) and the counts are summed."""
     model.eval()
-    view = utils.ClassificationAugment(args.image_size, train=False)
-    shard = (utils.rank(), utils.world_size())
-    logits = run_batches(model, bank, view, args.eval_batch_size, device, args.amp, shard)
+    view = ClassificationAugment(args.image_size, train=False)
+    shard = (distributed.rank(), distributed.world_size())
+    logits = p1_common.run_batches(model, bank, view, args.eval_batch_size, device, args.amp, shard)
     correct = (logits.argmax(1) == labels[shard[0]::shard[1]].to(logits.device)).sum()
-    return utils.all_reduce(correct).item() / len(labels)
+    return distributed.all_reduce(correct).item() / len(labels)
 
 
 # ---------------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------------
+AUGMENTS = {  # --aug: keyword arguments of augment.ClassificationAugment (size and scale aside)
+    # Resize(128,128) is the bank; RRC(128), flip, Rot(15), RandomCrop(128, pad 4), CJ(0.2 x 4)
+    "report": dict(jitter=(0.2, 0.2, 0.2, 0.2), p_jitter=1.0, degrees=15.0, translate=4 / 128),
+    # SimCLR's list: RRC, flip, CJ(0.8, 0.8, 0.8, 0.2) p 0.8, grayscale 0.2, blur p 0.5
+    "simclr": dict(jitter=(0.8, 0.8, 0.8, 0.2), p_jitter=0.8, p_gray=0.2, p_blur=0.5),
+    "light": dict(jitter=(0.2, 0.2, 0.2, 0.05), p_jitter=0.8),
+}
+
+
 def build_augment(args):
-    """Training views: random-resized crop (area min_scale..1) to image_size, flip, colour
-    jitter with p=0.8; under torchrun each rank keeps its share of the global batch's draws."""
-    augment = utils.ClassificationAugment(args.image_size, scale=(args.min_scale, 1.0),
-                                          jitter=(0.2, 0.2, 0.2, 0.05), p_jitter=0.8)
-    augment.shard = (utils.rank(), utils.world_size())
+    """The training views of --aug; under torchrun each rank keeps its share of the global
+    batch's draws."""
+    scale = (args.min_scale, 1.0) if args.aug == "light" else (0.08, 1.0)
+    augment = ClassificationAugment(args.image_size, scale=scale, **AUGMENTS[args.aug])
+    augment.shard = (distributed.rank(), distributed.world_size())
     return augment
 
 
-def train_step(model, x, y, optimizer, scheduler, args, device):
+def train_step(model, x, y, optimizer, args, device):
     """One optimizer step on a prepared batch x (B, 3, S, S), y (B,) -> (loss, number of correct
     predictions), both still on the device (no host sync)."""
     with utils.autocast(device, args.amp):
@@ -283,30 +211,30 @@ def train_step(model, x, y, optimizer, scheduler, args, device):
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    scheduler.step()
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
-def train_one_epoch(model, bank, labels, augment, optimizer, scheduler, args, device, epoch,
-                    stop=None):
-    """-> (mean loss, accuracy, images seen) of one epoch over all ranks. Data order and
-    augmentations come from (seed, epoch) alone, so --resume replays the epoch; under torchrun
-    each rank takes its share of the global --batch-size."""
+def train_one_epoch(model, optimizer, scheduler, train, args, device, epoch, stop=None):
+    """One epoch over train = (bank, labels, augment) -> {train_loss, train_acc, images} over all
+    ranks. Data order and augmentations come from (seed, epoch) alone, so --resume replays the
+    epoch; under torchrun each rank takes its share of the global --batch-size."""
+    bank, labels, augment = train
     model.train()
     fmt = utils.memory_format(device)
     # summed on the device; one host sync per epoch instead of one per step
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
-    order, augment.generator = utils.epoch_generators(args.seed, epoch, bank.device)
-    batches = utils.index_batches(len(bank), utils.shard_batch(args.batch_size), generator=order,
-                                  device=bank.device, rank=utils.rank(),
-                                  world_size=utils.world_size())
+    order, augment.generator = distributed.epoch_generators(args.seed, epoch, bank.device)
+    batches = data.index_batches(len(bank), distributed.shard_batch(args.batch_size),
+                                 generator=order, device=bank.device, rank=distributed.rank(),
+                                 world_size=distributed.world_size())
     for idx in tqdm(batches, total=len(bank) // args.batch_size, leave=False,
-                    desc=f"{args.setting} epoch {epoch}", disable=not utils.is_main_process()):
+                    desc=f"{args.setting} epoch {epoch}",
+                    disable=not distributed.is_main_process()):
         x = augment(bank.batch(idx)).to(device).contiguous(memory_format=fmt)  # (B, 3, S, S)
-        loss, right = train_step(model, x, labels[idx].to(device), optimizer, scheduler, args,
-                                 device)
+        loss, right = train_step(model, x, labels[idx].to(device), optimizer, args, device)
+        scheduler.step()
         loss_sum += loss * len(idx)
         correct += right
         seen += len(idx)
@@ -314,10 +242,10 @@ def train_one_epoch(model, bank, labels, augment, optimizer, scheduler, args, de
             stop.check(epoch - 1)
     totals = torch.stack([loss_sum.double(), correct.double(),
                           torch.tensor(float(seen), dtype=torch.float64, device=device)])
-    loss_sum, correct, seen = utils.all_reduce(totals).tolist()
+    loss_sum, correct, seen = distributed.all_reduce(totals).tolist()
     loss = loss_sum / max(seen, 1)
-    utils.check_finite(loss, epoch, "end")
-    return loss, correct / max(seen, 1), int(seen)
+    training.check_finite(loss, epoch, "end")
+    return {"train_loss": loss, "train_acc": correct / max(seen, 1), "images": int(seen)}
 
 
 def backbone_source(args):
@@ -327,34 +255,61 @@ def backbone_source(args):
     path, flag = ((args.sl_backbone, "--sl-backbone") if init == "supervised"
                   else (args.backbone, "--backbone"))
     if path is None:
-        raise utils.UserError(f"setting {args.setting} starts from the {DESCRIPTION[init]}: "
+        raise errors.UserError(f"setting {args.setting} starts from the {DESCRIPTION[init]}: "
                               f"pass {flag} PATH")
     if not Path(path).is_file():
-        raise utils.UserError(f"{flag} {path} does not exist")
+        raise errors.UserError(f"{flag} {path} does not exist")
     return Path(path)
+
+
+def parse_unfreeze(text):
+    """'8:layer4,12:all' -> [(8, 'layer4'), (12, 'all')]; a bad entry is one line."""
+    steps = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        epoch, _, part = item.partition(":")
+        if not epoch.isdigit() or part not in ("layer1", "layer2", "layer3", "layer4", "all"):
+            raise errors.UserError(f"--unfreeze entry {item!r} is not EPOCH:PART with PART one "
+                                   "of layer1..layer4 or all, e.g. 8:layer4,12:all")
+        steps.append((int(epoch), part))
+    return steps
+
+
+def unfreeze(model, steps, epoch):
+    """Gradual unfreezing before 1-based `epoch`: the head always; each PART once epoch - 1
+    reaches its EPOCH. No-op without steps (everything trains from the start)."""
+    if not steps:
+        return
+    open_parts = {part for start, part in steps if epoch - 1 >= start}
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("fc.") or "all" in open_parts
+                         or name.split(".")[0] in open_parts)
 
 
 def build_optimizer(model, args):
     """The head at --lr, the backbone (when trained) at --lr x --backbone-lr-scale; no weight
-    decay on biases and BatchNorm; fused on CUDA."""
+    decay on biases and BatchNorm unless --decay-all; fused on CUDA. Built before any gradual
+    unfreezing, so it holds every parameter that will ever train."""
     scale = args.backbone_lr_scale
     if scale is None:
         scale = 1.0 if args.setting == "A" else 0.1
     head = [p for n, p in model.named_parameters() if n.startswith("fc.")]
     body = [p for n, p in model.named_parameters() if not n.startswith("fc.")]
     groups = [{"params": head, "lr": args.lr}, {"params": body, "lr": args.lr * scale}]
-    return utils.make_optimizer(groups, args.optimizer, args.lr, args.weight_decay,
-                                head[0].device, nesterov=args.optimizer == "sgd")
+    return training.make_optimizer(groups, args.optimizer, args.lr, args.weight_decay,
+                                   head[0].device, nesterov=args.optimizer == "sgd",
+                                   decay_all=args.decay_all)
 
 
 def run_setting(args, banks=None):
     """Train one setting; returns its row of the results table (None on ranks other than 0).
     `banks`: a dict that keeps the decoded splits between settings (--setting all)."""
-    device = utils.init_distributed(utils.get_device(args.device))  # this rank's, under torchrun
+    # this rank's device under torchrun
+    device = distributed.init_distributed(utils.get_device(args.device))
     utils.setup_precision(device)
     utils.seed_everything(args.seed, args.deterministic)
-    out = utils.on_main_process(utils.prepare_output_dir, args.output_dir / args.setting, args,
-                                args.resume, args.overwrite)
+    out = distributed.on_main_process(training.prepare_output_dir,
+                                      args.output_dir / args.setting, args, args.resume,
+                                      args.overwrite)
     init, frozen = SETTINGS[args.setting]
     source = backbone_source(args)
     print(f"== setting {args.setting}: backbone {DESCRIPTION[init]}"
@@ -364,76 +319,68 @@ def run_setting(args, banks=None):
     banks = {} if banks is None else banks
     for split in ("train", "val"):
         if split not in banks:
-            banks[split] = load_office(args.data_dir, split, args.bank_size, device,
+            banks[split] = p1_common.load_office(args.data_dir, split, args.bank_size, device,
                                        args.cache_dir, args.max_images, args.seed)
     (train_bank, train_y), (val_bank, val_y) = banks["train"], banks["val"]
     top = int(max(train_y.max(), val_y.max()))
     if top >= args.num_classes:
-        raise utils.UserError(f"labels go up to {top} but --num-classes is {args.num_classes}")
+        raise errors.UserError(f"labels go up to {top} but --num-classes is {args.num_classes}")
     if len(train_bank) < args.batch_size:
-        raise utils.UserError(f"only {len(train_bank)} training images for --batch-size "
+        raise errors.UserError(f"only {len(train_bank)} training images for --batch-size "
                               f"{args.batch_size}; lower it")
     augment = build_augment(args)
 
     # ---- model, optimizer, schedule
-    model = Classifier(args.num_classes, freeze_backbone=frozen)
+    model = p1_common.Classifier(args.num_classes, freeze_backbone=frozen,
+                                 freeze_bn=args.freeze_bn)
+    steps = [] if frozen else parse_unfreeze(args.unfreeze)
     if source is not None:
         utils.load_resnet_weights(model, source)
     model.to(device, memory_format=utils.memory_format(device))
     optimizer = build_optimizer(model, args)
     steps_per_epoch = len(train_bank) // args.batch_size
-    scheduler = utils.make_lr_scheduler(optimizer, args.schedule, args.epochs * steps_per_epoch,
+    scheduler = training.make_lr_scheduler(optimizer, args.schedule, args.epochs * steps_per_epoch,
                                         round(args.warmup_epochs * steps_per_epoch))
-    utils.print_run_header(args, device, args.batch_size, args.lr)
+    training.print_run_header(args, device, args.batch_size, args.lr)
 
     # ---- resume
-    start_epoch, best_acc, best_epoch = 1, -1.0, 0
-    if args.resume:
-        start_epoch, best_acc, best_epoch = utils.resume_run(out, model, optimizer, scheduler,
-                                                             best_metric=best_acc)
+    ckpts = training.Checkpoints(out, args, "p1_classifier", model, optimizer, scheduler,
+                                 "val_acc")
+    start_epoch = ckpts.resume() if args.resume else 1
     if args.compile:
         model.compile()
     # DistributedDataParallel under torchrun (validation uses the plain model)
-    step_model = utils.distribute_model(model, device)
+    # (a parameter frozen for the first epochs gets no gradient then: let DDP expect that)
+    step_model = distributed.distribute_model(model, device, find_unused_parameters=bool(steps))
 
     # ---- loop: train, validate, then rank 0 logs and saves; a signal stops after a step
-    with utils.StopOnSignal(out) as stop:
+    with training.StopOnSignal(out) as stop:
         for epoch in range(start_epoch, args.epochs + 1):
+            unfreeze(model, steps, epoch)
             t0 = time.perf_counter()
-            loss, train_acc, seen = train_one_epoch(step_model, train_bank, train_y, augment,
-                                                    optimizer, scheduler, args, device, epoch,
-                                                    stop)
+            stats = train_one_epoch(step_model, optimizer, scheduler,
+                                    (train_bank, train_y, augment), args, device, epoch, stop)
             seconds = time.perf_counter() - t0
-            val_acc = evaluate(model, val_bank, val_y, args, device)
-            is_best = val_acc > best_acc
-            if is_best:
-                best_acc, best_epoch = val_acc, epoch
-            if utils.is_main_process():
-                record = {"epoch": epoch, "train_loss": loss, "train_acc": train_acc,
-                          "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
-                          "images_per_s": seen / seconds, "seconds": seconds}
-                utils.append_jsonl(out / "log.jsonl", record)
-                print(f"[{args.setting}] epoch {epoch}/{args.epochs} loss {loss:.4f} train acc "
-                      f"{train_acc:.4f} val acc {val_acc:.4f} | {seen / seconds:.0f} img/s")
-                if is_best:
-                    utils.save_checkpoint(out / "best.pth", model, epoch=epoch,
-                                          best_metric=val_acc, args=args)
-                if epoch == 1:
-                    utils.save_checkpoint(out / "epoch_first.pth", model, epoch=epoch, args=args)
-                utils.save_checkpoint(out / "last.pth", model, optimizer, scheduler, epoch=epoch,
-                                      best_metric=best_acc, args=args, best_epoch=best_epoch)
-                utils.plot_curves(utils.read_jsonl(out / "log.jsonl"), ["train_loss",
-                                  "train_acc", "val_acc"], out / "curves.png",
-                                  title=f"setting {args.setting}")
+            record = {"epoch": epoch, "train_loss": stats["train_loss"],
+                      "train_acc": stats["train_acc"],
+                      "val_acc": evaluate(model, val_bank, val_y, args, device),
+                      "lr": optimizer.param_groups[0]["lr"],
+                      "images_per_s": stats["images"] / seconds, "seconds": seconds}
+            ckpts.end_epoch(epoch, record, keep=epoch == 1)  # epoch_001.pth: the t-SNE's first
+            if distributed.is_main_process():
+                print(f"[{args.setting}] epoch {epoch}/{args.epochs} loss "
+                      f"{record['train_loss']:.4f} train acc {record['train_acc']:.4f} val acc "
+                      f"{record['val_acc']:.4f} | {record['images_per_s']:.0f} img/s")
+                plot_curves(read_jsonl(out / "log.jsonl"), ["train_loss", "train_acc", "val_acc"],
+                            out / "curves.png", title=f"setting {args.setting}")
             stop.check(epoch)
-
     if frozen:
-        sanity_check(model, source)
-    if not utils.is_main_process():
+        sanity_check(model, source, buffers=args.freeze_bn)
+    if not distributed.is_main_process():
         return None
-    records = utils.read_jsonl(out / "log.jsonl")
+    records = read_jsonl(out / "log.jsonl")
     if not records:
-        raise utils.UserError(f"{out} has no finished epoch; is --epochs 0?")
+        raise errors.UserError(f"{out} has no finished epoch; is --epochs 0?")
     best = max(records, key=lambda r: r["val_acc"])
     return {"setting": args.setting, "pretraining": DESCRIPTION[init],
             "fine_tuning": "head only" if frozen else "full model",
@@ -451,19 +398,19 @@ def update_results_table(results_dir, row):
         table = json.loads((results_dir / "p1_table.json").read_text())
     table[row["setting"]] = row
     table = dict(sorted(table.items()))
-    utils.write_json(results_dir / "p1_table.json", table)
+    write_json(results_dir / "p1_table.json", table)
     lines = ["| setting | backbone pre-training | fine-tuning | val acc (best epoch) | "
              "val acc (last epoch) | epochs |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['setting']} | {r['pretraining']} | {r['fine_tuning']} | "
               f"{100 * r['best_val_acc']:.1f}% (epoch {r['best_epoch']}) | "
               f"{100 * r['last_val_acc']:.1f}% | {r['epochs']} |" for r in table.values()]
-    utils.atomic_write_bytes(results_dir / "p1_table.md", ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(results_dir / "p1_table.md", ("\n".join(lines) + "\n").encode())
     return table
 
 
 def main(args):
     if args.epochs < 1:
-        raise utils.UserError(f"--epochs must be at least 1, not {args.epochs}")
+        raise errors.UserError(f"--epochs must be at least 1, not {args.epochs}")
     settings = list(SETTINGS) if args.setting == "all" else [args.setting]
     for setting in settings:  # check every needed backbone before hours of training
         backbone_source(argparse.Namespace(**{**vars(args), "setting": setting}))

@@ -7,9 +7,10 @@
 
 Input: a csv with header id,filename,label (label may be `None` or empty, file names need not
 carry a label, e.g. 0000.jpg; a row listed twice is predicted twice, with a warning). Output:
-the same rows in the same order with header id,filename,label, the input's id, the bare file
-name and the predicted integer label; its folder is created if missing, and nothing else in it
-is touched. The csv is written atomically (temp file + os.replace): it is whole or absent.
+the course's format, header `filename,label` (no space), then one row per input row in the
+input's order: the bare file name and the predicted integer label; its folder is created if
+missing, and nothing else in it is touched. The csv is written atomically (temp file +
+os.replace): it is whole or absent.
 
 The model is rebuilt from the checkpoint's args alone (p1_finetune.py checkpoints): by default
 checkpoints/p1_C.pth (fetched by hw1_download.sh), or $HW1_P1_CHECKPOINT when set, or
@@ -35,8 +36,12 @@ from pathlib import Path
 
 import torch
 
+import augment
+import data
+import errors
+import records
 import utils
-from p1_finetune import load_classifier, run_batches
+from p1_common import load_classifier, run_batches
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "p1_C.pth"
 
@@ -44,7 +49,7 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "p1_C.pth
 def get_args_parser():
     parser = argparse.ArgumentParser(
         "p1_inference", formatter_class=utils.HelpFormatter,
-        description="Office-Home predictions (id,filename,label) for a csv of "
+        description="Office-Home predictions (filename,label) for a csv of "
         "images, with the setting-C checkpoint.")
     parser.add_argument("--csv", required=True, type=Path, help="input csv (id,filename,label)")
     parser.add_argument("--image-dir", required=True, type=Path, help="folder of the images")
@@ -55,7 +60,7 @@ def get_args_parser():
                         "checkpoints/p1_C.pth next to this script)")
     parser.add_argument("--batch-size", default=256, type=int, help="images per forward")
     parser.add_argument("--device", default=None, help="cuda, cpu (default: cuda if any)")
-    parser.add_argument("--amp", default=True, action=argparse.BooleanOptionalAction,
+    parser.add_argument("--amp", default=True, action=utils.BooleanFlag,
                         help="bf16 autocast on CUDA (no effect on CPU)")
     return parser
 
@@ -64,41 +69,41 @@ def load_images(paths, size):
     """Decode `paths` into one bank, skipping unreadable files.
     -> (ImageBank of the readable ones, their positions in `paths`, [(path, reason)])."""
     try:  # the usual case: every image reads, decoded in parallel at once
-        return utils.ImageBank.from_paths(paths, size=size), list(range(len(paths))), []
-    except utils.UserError:
+        return data.ImageBank.from_paths(paths, size=size), list(range(len(paths))), []
+    except errors.UserError:
         pass
     images, good, bad = [], [], []
     for i, path in enumerate(paths):  # find the culprits one by one
         try:
-            images.append(utils.ImageBank.from_paths([path], size=size, workers=1).images)
+            images.append(data.ImageBank.from_paths([path], size=size, workers=1).images)
             good.append(i)
-        except utils.UserError as e:
+        except errors.UserError as e:
             bad.append((path, e.message))
-    bank = utils.ImageBank(torch.cat(images) if images else torch.empty(0, 3, size, size,
+    bank = data.ImageBank(torch.cat(images) if images else torch.empty(0, 3, size, size,
                                                                         dtype=torch.uint8))
     return bank, good, bad
 
 
 def write_predictions(path, rows):
-    """rows: (id, filename, label) -> csv with the header, written atomically."""
+    """rows: (filename, label) -> csv with the course's header `filename,label`, atomically."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "filename", "label"])
+    writer.writerow(["filename", "label"])
     writer.writerows(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    utils.atomic_write_bytes(path, buf.getvalue().encode())
+    records.atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def main(args):
     device = utils.get_device(args.device)
     utils.setup_precision(device)
     # the inputs and the output first: a mistake there costs no model loading
-    rows = utils.read_office_csv(args.csv, require_labels=False, duplicates="warn")
+    rows = data.read_office_csv(args.csv, require_labels=False, duplicates="warn")
     if not args.image_dir.is_dir():
-        raise utils.UserError(f"image folder {args.image_dir} does not exist; pass the folder "
+        raise errors.UserError(f"image folder {args.image_dir} does not exist; pass the folder "
                               f"that holds the images listed in {args.csv}")
     if args.output.is_dir():
-        raise utils.UserError(f"--output {args.output} is a folder; pass the path of the csv "
+        raise errors.UserError(f"--output {args.output} is a folder; pass the path of the csv "
                               f"file to write, e.g. {args.output / 'pred.csv'}")
     utils.writable_dir(args.output.parent, "--output")
     model, margs, _ = load_classifier(args.checkpoint, device)
@@ -109,17 +114,17 @@ def main(args):
                                   margs["bank_size"])
     preds = []
     if good:
-        view = utils.ClassificationAugment(margs["image_size"], train=False)
+        view = augment.ClassificationAugment(margs["image_size"], train=False)
         logits = run_batches(model, bank.to(device), view, args.batch_size, device, args.amp)
         preds = logits.argmax(1).tolist()
-    write_predictions(args.output, [(rows[i]["id"], Path(rows[i]["filename"]).name, p)
+    write_predictions(args.output, [(Path(rows[i]["filename"]).name, p)
                                     for i, p in zip(good, preds)])
     print(f"wrote {len(good)} predictions to {args.output} (setting {margs['setting']}, "
           f"{args.checkpoint})")
     if bad:
         for _, reason in bad:
             print(f"skipped: {reason}", file=sys.stderr)
-        raise utils.UserError(f"{len(bad)} of {len(rows)} image(s) could not be read (listed "
+        raise errors.UserError(f"{len(bad)} of {len(rows)} image(s) could not be read (listed "
                               f"above, e.g. {bad[0][0].name}); {args.output} holds the other "
                               f"{len(good)} rows")
     return args.output

@@ -1,20 +1,21 @@
 """Self-supervised pre-training of a ResNet50 on Mini-ImageNet with BYOL (Problem 1, step 1).
 
 A torchvision resnet50(weights=None) is wrapped in byol-pytorch's BYOL (hidden layer `avgpool`,
-simplicial embeddings off). The defaults are the report's run: AdamW lr 1e-3, weight decay
-0.01 (on conv/linear weights only; biases and BatchNorm get none, as in the BYOL paper), batch
-256, 300 epochs, 128 px, the report's augmentation list (RandomResizedCrop(128) scale 0.08-1,
-horizontal flip, ColorJitter(0.2, 0.2, 0.2, 0.2) always, ImageNet normalisation). Images live
-in one uint8 bank on the training device and each view is augmented per sample there
-(utils.ClassificationAugment), so no DataLoader workers are involved.
+simplicial embeddings off). `--recipe report` (the default, recipes.py) is the report's run:
+AdamW lr 1e-3 with weight decay 0.01 on every parameter, batch 256, 300 epochs at a constant
+lr, 128 px, the report's augmentation list per sample (RandomResizedCrop(128) scale 0.08-1,
+horizontal flip, ColorJitter(0.2, 0.2, 0.2, 0.2) always, ImageNet normalisation) and then, as
+its code did, byol-pytorch's default augmentation drawn once per batch on top. `--recipe
+strong`: 1000 epochs of batch 512, Adam 1e-4 with warm-up and cosine, the BYOL paper's
+asymmetric views and an EMA decay rising to 1 (`--target simsiam` for a stop-gradient target).
+Images live in one uint8 bank on the training device and each view is augmented per sample
+there (augment.ClassificationAugment), so no DataLoader workers are involved.
 
     # the report's recipe
     python3 p1_pretrain_byol.py --data-dir hw1_data/p1_data/mini/train --output-dir runs/byol
-    # what the strongest public runs did: longer, warm-up + cosine, BYOL's asymmetric views,
-    # EMA decay 0.99 -> 1, with a k-NN probe on Office-Home every 20 epochs
-    python3 p1_pretrain_byol.py --data-dir hw1_data/p1_data/mini/train --output-dir runs/byol800 \\
-        --epochs 800 --lr 3e-4 --warmup-epochs 10 --schedule cosine --aug byol \\
-        --ema-schedule cosine --knn-every 20 --knn-data hw1_data/p1_data/office
+    # the strongest known run, with a k-NN probe on Office-Home every 20 epochs
+    python3 p1_pretrain_byol.py --data-dir hw1_data/p1_data/mini/train --output-dir runs/byol \\
+        --recipe strong --knn-every 20 --knn-data hw1_data/p1_data/office
     # continue an interrupted run from runs/byol/last.pth
     python3 p1_pretrain_byol.py --data-dir hw1_data/p1_data/mini/train --output-dir runs/byol \\
         --resume
@@ -44,10 +45,9 @@ torchrun every rank applies the same update to the same (DDP-synchronised) onlin
 the targets stay identical without any communication.
 
 Ctrl-C or SIGTERM stops after the current step (exit 130 / 143); last.pth holds the last
-completed epoch and --resume redoes the interrupted one (utils.StopOnSignal).
+completed epoch and --resume redoes the interrupted one (training.StopOnSignal).
 """
 
-import argparse
 import contextlib
 import io
 import math
@@ -58,23 +58,32 @@ import byol_pytorch.byol_pytorch as byol_lib
 import torch
 import torch.nn.functional as F
 import torchvision
+import torchvision.transforms as T
 from byol_pytorch import BYOL
 from tqdm import tqdm
 
+import augment
+import data
+import distributed
+import errors
+import recipes
+import records
+import training
 import utils
-from p1_finetune import load_office, run_batches
+from p1_common import load_office, run_batches
 
 BYOL_JITTER = dict(jitter=(0.4, 0.4, 0.2, 0.1), p_jitter=0.8, p_gray=0.2)
-VIEWS = {  # --aug: keyword arguments of utils.ClassificationAugment for view 1 and view 2
+VIEWS = {  # --aug: keyword arguments of augment.ClassificationAugment for view 1 and view 2
     "report": ({}, {}),  # ClassificationAugment's defaults are the report's list
+    "report+lib": ({}, {}),  # the same, then byol-pytorch's default augmentation (lib_augment)
     "byol": ({**BYOL_JITTER, "p_blur": 1.0, "p_solarize": 0.0},  # BYOL paper, table 6
              {**BYOL_JITTER, "p_blur": 0.1, "p_solarize": 0.2}),
 }
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(
-        "p1_pretrain_byol", formatter_class=utils.HelpFormatter,
+    parser = recipes.RecipeParser(
+        "p1_pretrain_byol", "p1_pretrain_byol", formatter_class=utils.HelpFormatter,
         description="BYOL pre-training of a ResNet50 on unlabeled "
         "Mini-ImageNet (defaults: the report's run). Writes backbone.pth for p1_finetune.py.")
     parser.add_argument("--data-dir", required=True, type=Path,
@@ -95,15 +104,23 @@ def get_args_parser():
     train.add_argument("--lr", default=1e-3, type=float,
                        help="AdamW learning rate (report 1e-3; long public runs used ~3e-4)")
     train.add_argument("--weight-decay", default=0.01, type=float,
-                       help="AdamW weight decay, on conv/linear weights only")
+                       help="AdamW weight decay, on conv/linear weights only, unless --decay-all")
+    train.add_argument("--decay-all", action=utils.BooleanFlag, default=False,
+                       help="weight decay on biases and BatchNorm too, as "
+                       "AdamW(learner.parameters()) does (the report's code)")
     train.add_argument("--schedule", default="constant", choices=["constant", "cosine"],
                        help="lr after warm-up: constant (report) or cosine to 0")
     train.add_argument("--warmup-epochs", default=0, type=float,
                        help="linear lr warm-up; 10 is typical with --schedule cosine")
     train.add_argument("--aug", default="report", choices=list(VIEWS),
-                       help="report: the report's list for both views; byol: the BYOL paper's "
+                       help="report: the report's list for both views, per sample; "
+                       "report+lib: the same, then byol-pytorch's default augmentation drawn once "
+                       "per batch on top (what the report's code did); byol: the BYOL paper's "
                        "asymmetric views (blur 1.0/0.1, solarize 0/0.2, jitter 0.4,0.4,0.2,0.1 "
                        "p=0.8, grayscale 0.2)")
+    train.add_argument("--target", default="ema", choices=["ema", "simsiam"],
+                       help="ema: BYOL's moving-average target; simsiam: the online network "
+                       "under stop-gradient (byol-pytorch use_momentum=False)")
     train.add_argument("--ema-decay", default=0.99, type=float,
                        help="target EMA decay (byol-pytorch's default 0.99; the paper's 0.996 "
                        "is for ~4000-image batches)")
@@ -127,7 +144,7 @@ def get_args_parser():
     run = parser.add_argument_group("run")
     run.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pth")
     run.add_argument("--overwrite", action="store_true", help="start again in a used folder")
-    utils.add_hardware_args(run, compile_help="torch.compile the encoders and the predictor")
+    training.add_hardware_args(run, compile_help="torch.compile the encoders and the predictor")
     run.add_argument("--max-images", default=None, type=int,
                      help="a random subset of this many images, for smoke runs")
     run.add_argument("--cache-dir", default=None, type=Path,
@@ -144,7 +161,7 @@ def mini_paths(args):
     data_dir = Path(args.data_dir)
     if (data_dir / "mini" / "train").is_dir():
         data_dir = data_dir / "mini" / "train"
-    paths = utils.list_images(data_dir)
+    paths = data.list_images(data_dir)
     if args.max_images is not None and args.max_images < len(paths):
         keep = torch.randperm(len(paths), generator=torch.Generator().manual_seed(args.seed))
         paths = [paths[i] for i in sorted(keep[:args.max_images].tolist())]
@@ -155,17 +172,42 @@ class View:
     """One BYOL view: per-sample augmentation of a uint8 batch (B, 3, H, W) on its device, in fp32
     even inside the bf16 autocast of the step, returned in the model's memory format."""
 
+    then = None  # a batch-level augmentation applied after the per-sample one (--aug report+lib)
+
     def __init__(self, augment, memory_format):
         self.augment, self.memory_format = augment, memory_format
 
     def __call__(self, x):
         with torch.autocast(x.device.type, enabled=False):
-            return self.augment(x).contiguous(memory_format=self.memory_format)  # (B, 3, S, S)
+            x = self.augment(x)  # (B, 3, S, S), normalised
+            if self.then is not None:
+                x = self.then(x)
+            return x.contiguous(memory_format=self.memory_format)
+
+
+def lib_augment(image_size):
+    """byol-pytorch 0.9.1's default augmentation (BYOL.__init__'s DEFAULT_AUG, built here as it
+    builds it): torchvision transforms on the whole batch tensor, so one random draw per batch.
+    The report's code applied it on top of its own, already normalised, dataset views."""
+    return torch.nn.Sequential(
+        byol_lib.RandomApply(T.ColorJitter(0.8, 0.8, 0.8, 0.2), p=0.3),
+        T.RandomGrayscale(p=0.2),
+        T.RandomHorizontalFlip(),
+        byol_lib.RandomApply(T.GaussianBlur((3, 3), (1.0, 2.0)), p=0.2),
+        T.RandomResizedCrop((image_size, image_size)),
+        T.Normalize(mean=torch.tensor(augment.IMAGENET_MEAN),
+                    std=torch.tensor(augment.IMAGENET_STD)))
 
 
 def build_views(aug, image_size, device):
     fmt = utils.memory_format(device)
-    return tuple(View(utils.ClassificationAugment(image_size, **kw), fmt) for kw in VIEWS[aug])
+    views = []
+    for kw in VIEWS[aug]:
+        view = View(augment.ClassificationAugment(image_size, **kw), fmt)
+        if aug == "report+lib":
+            view.then = lib_augment(image_size)
+        views.append(view)
+    return tuple(views)
 
 
 @contextlib.contextmanager
@@ -173,7 +215,7 @@ def plain_batchnorm():
     """byol-pytorch makes the BatchNorm of its projector and predictor an nn.SyncBatchNorm by
     itself whenever a process group exists, and runs a forward inside BYOL.__init__, which
     nn.SyncBatchNorm refuses on CPU. Build with plain BatchNorm1d instead; under torchrun
-    utils.distribute_model then converts every BatchNorm of the learner (ResNet, projector,
+    distributed.distribute_model then converts every BatchNorm of the learner (ResNet, projector,
     predictor, target) the same way on CPU and CUDA."""
     saved = byol_lib.MaybeSyncBatchnorm
     byol_lib.MaybeSyncBatchnorm = lambda is_distributed=None: torch.nn.BatchNorm1d
@@ -198,15 +240,17 @@ def build_learner(args, device, views=None):
                        projection_hidden_size=args.projection_hidden_size,
                        augment_fn=views[0] if views else None,
                        augment_fn2=views[1] if views else None,
-                       moving_average_decay=args.ema_decay, use_simplicial_embeddings=False)
+                       moving_average_decay=args.ema_decay, use_simplicial_embeddings=False,
+                       use_momentum=args.target == "ema")
     return learner.to(device, memory_format=utils.memory_format(device))
 
 
 def build_optimizer(learner, args, steps_per_epoch):
     # the target has no trainable parameters; no decay on biases/BatchNorm; fused on CUDA
-    optimizer = utils.make_optimizer(learner.parameters(), "adamw", args.lr, args.weight_decay,
-                                     next(learner.parameters()).device)
-    scheduler = utils.make_lr_scheduler(optimizer, args.schedule, args.epochs * steps_per_epoch,
+    optimizer = training.make_optimizer(learner.parameters(), "adamw", args.lr, args.weight_decay,
+                                        next(learner.parameters()).device,
+                                        decay_all=args.decay_all)
+    scheduler = training.make_lr_scheduler(optimizer, args.schedule, args.epochs * steps_per_epoch,
                                         round(args.warmup_epochs * steps_per_epoch))
     return optimizer, scheduler
 
@@ -224,12 +268,14 @@ def ema_decay(step, total_steps, base, schedule):
 def update_target(learner, decay):
     """target <- decay * target + (1 - decay) * online, parameters only, in place (see the
     module docstring for why BatchNorm buffers are left to the target's own forward)."""
+    if not getattr(learner, "use_momentum", True):  # --target simsiam: the online network is it
+        return
     online = list(learner.online_encoder.parameters())
     target = list(learner.target_encoder.parameters())
     torch._foreach_lerp_(target, online, 1.0 - decay)
 
 
-def train_step(learner, x, optimizer, scheduler, decay, device, amp=True):
+def train_step(learner, x, optimizer, decay, device, amp=True):
     """One BYOL step on a uint8 batch (B, 3, H, W) on the device -> the loss, still on the device.
     BYOL.forward augments x twice itself and runs 2B images through each encoder. `learner` may
     be wrapped in DistributedDataParallel; the EMA acts on the plain learner."""
@@ -238,9 +284,38 @@ def train_step(learner, x, optimizer, scheduler, decay, device, amp=True):
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    scheduler.step()
     update_target(utils.unwrap_model(learner), decay)
     return loss.detach()
+
+
+def train_one_epoch(model, optimizer, scheduler, train, args, device, epoch, stop=None):
+    """One epoch over train = (bank, views, steps per epoch, total steps) -> {loss, ema_decay}.
+    Data order and both views' augmentations come from (seed, epoch) alone, so --resume replays
+    the epoch; under torchrun each rank takes its share of the global --batch-size."""
+    bank, views, steps_per_epoch, total_steps = train
+    model.train()
+    order, views_rng = distributed.epoch_generators(args.seed, epoch, device)  # replayable
+    for view in views:
+        view.augment.generator = views_rng
+    batches = data.index_batches(len(bank), distributed.shard_batch(args.batch_size),
+                                 generator=order, device=bank.device, rank=distributed.rank(),
+                                 world_size=distributed.world_size())
+    loss_sum = torch.zeros((), device=device)  # summed on the device, synced once an epoch
+    bar = tqdm(batches, total=steps_per_epoch, leave=False, desc=f"epoch {epoch}",
+               disable=not distributed.is_main_process())
+    decay = args.ema_decay
+    for step, idx in enumerate(bar):
+        decay = ema_decay((epoch - 1) * steps_per_epoch + step, total_steps, args.ema_decay,
+                          args.ema_schedule)
+        loss_sum += train_step(model, bank.batch(idx), optimizer, decay, device, args.amp)
+        scheduler.step()
+        if stop:
+            stop.check(epoch - 1)
+        if args.log_every and (step + 1) % args.log_every == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4f}")
+    loss = distributed.all_reduce(loss_sum, mean=True).item() / steps_per_epoch
+    training.check_finite(loss, epoch, steps_per_epoch)
+    return {"loss": loss, "ema_decay": decay}
 
 
 def save_backbone(net, path):
@@ -250,7 +325,7 @@ def save_backbone(net, path):
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     buf = io.BytesIO()
     torch.save(state, buf)
-    utils.atomic_write_bytes(path, buf.getvalue())
+    records.atomic_write_bytes(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +344,7 @@ def knn_accuracy(train_f, train_y, val_f, val_y, k=20, temperature=0.07):
 def knn_probe(learner, banks, args, device):
     """k-NN accuracy of the online avgpool features (B, 2048) at the evaluation view."""
     learner.eval()
-    view = utils.ClassificationAugment(args.image_size, train=False)
+    view = augment.ClassificationAugment(args.image_size, train=False)
     embed = lambda x: learner(x, return_embedding=True, return_projection=False)
     feats = [run_batches(embed, bank, view, 256, device, args.amp) for bank, _ in banks]
     learner.train()
@@ -281,103 +356,78 @@ def knn_probe(learner, banks, args, device):
 # ---------------------------------------------------------------------------------------------
 def main(args):
     if args.epochs < 1:
-        raise utils.UserError(f"--epochs must be at least 1, not {args.epochs}")
+        raise errors.UserError(f"--epochs must be at least 1, not {args.epochs}")
     if args.batch_size < 2:
-        raise utils.UserError("--batch-size must be at least 2 (BatchNorm in the projector)")
+        raise errors.UserError("--batch-size must be at least 2 (BatchNorm in the projector)")
     if args.knn_every and args.knn_data is None:
-        raise utils.UserError("--knn-every needs --knn-data OFFICE_DIR (train.csv + val.csv)")
-    device = utils.init_distributed(utils.get_device(args.device))  # this rank's, under torchrun
-    rank_batch = utils.shard_batch(args.batch_size)  # --batch-size is the global batch
+        raise errors.UserError("--knn-every needs --knn-data OFFICE_DIR (train.csv + val.csv)")
+    # this rank's device under torchrun
+    device = distributed.init_distributed(utils.get_device(args.device))
+    distributed.shard_batch(args.batch_size)  # the global --batch-size must split over ranks
     utils.setup_precision(device)
     utils.seed_everything(args.seed, args.deterministic)
-    out = utils.on_main_process(utils.prepare_output_dir, args.output_dir, args, args.resume,
-                                args.overwrite)
+    out = distributed.on_main_process(training.prepare_output_dir, args.output_dir, args,
+                                      args.resume, args.overwrite)
 
     # ---- data: the whole folder as one uint8 bank on the training device
-    bank = utils.ImageBank.from_paths(mini_paths(args), size=args.bank_size,
+    bank = data.ImageBank.from_paths(mini_paths(args), size=args.bank_size,
                                       cache_dir=args.cache_dir, progress=True,
                                       size_flag="--bank-size").to(device)
     if len(bank) < args.batch_size:
-        raise utils.UserError(f"{len(bank)} images for --batch-size {args.batch_size}; lower it")
+        raise errors.UserError(f"{len(bank)} images for --batch-size {args.batch_size}; lower it")
     steps_per_epoch = len(bank) // args.batch_size
     total_steps = args.epochs * steps_per_epoch
     banks = None
-    if args.knn_every and utils.is_main_process():  # rank 0 alone probes and logs
+    if args.knn_every and distributed.is_main_process():  # rank 0 alone probes and logs
         banks = [load_office(args.knn_data, split, args.image_size, device, args.cache_dir)
                  for split in ("train", "val")]
 
     # ---- learner, optimizer
     views = build_views(args.aug, args.image_size, device)
     learner = build_learner(args, device, views)
-    for view in views:  # after BYOL's mock forward, which must draw as in one process (the
-        view.augment.shard = (utils.rank(), utils.world_size())  # projector is made after it)
+    # after BYOL's mock forward, which must draw as in one process (the projector is made then)
+    for view in views:
+        view.augment.shard = (distributed.rank(), distributed.world_size())
     optimizer, scheduler = build_optimizer(learner, args, steps_per_epoch)
     print(f"{len(bank)} images of {tuple(bank.images.shape[1:])}, {steps_per_epoch} steps/epoch")
-    utils.print_run_header(args, device, args.batch_size, args.lr)
+    training.print_run_header(args, device, args.batch_size, args.lr)
 
     # ---- resume
-    start_epoch, best_loss, best_epoch = 1, math.inf, 0
-    if args.resume:
-        start_epoch, best_loss, best_epoch = utils.resume_run(out, learner, optimizer, scheduler,
-                                                              best_metric=best_loss)
+    ckpts = training.Checkpoints(out, args, "byol", learner, optimizer, scheduler, "loss",
+                                 mode="min")
+    start_epoch = ckpts.resume() if args.resume else 1
     if args.compile:  # in place: state_dict keys and the avgpool hook stay as they are
         for module in (learner.online_encoder, learner.target_encoder, learner.online_predictor):
             module.compile()
-    model = utils.distribute_model(learner, device)  # DDP + SyncBatchNorm under torchrun
+    model = distributed.distribute_model(learner, device)  # DDP + SyncBatchNorm under torchrun
+    train = (bank, views, steps_per_epoch, total_steps)
 
     # ---- loop: a signal stops after the current step (last.pth = last completed epoch)
-    with utils.StopOnSignal(out) as stop:
+    with training.StopOnSignal(out) as stop:
         for epoch in range(start_epoch, args.epochs + 1):
-            model.train()
-            order, views_rng = utils.epoch_generators(args.seed, epoch, device)  # replayable
-            for view in views:
-                view.augment.generator = views_rng
-            batches = utils.index_batches(len(bank), rank_batch, generator=order,
-                                          device=bank.device, rank=utils.rank(),
-                                          world_size=utils.world_size())
-            loss_sum = torch.zeros((), device=device)  # summed on the device, synced once an epoch
             t0 = time.perf_counter()
-            bar = tqdm(batches, total=steps_per_epoch, leave=False, desc=f"epoch {epoch}",
-                       disable=not utils.is_main_process())
-            for step, idx in enumerate(bar):
-                decay = ema_decay((epoch - 1) * steps_per_epoch + step, total_steps,
-                                  args.ema_decay, args.ema_schedule)
-                loss_sum += train_step(model, bank.batch(idx), optimizer, scheduler, decay,
-                                       device, args.amp)
-                if stop:
-                    stop.check(epoch - 1)
-                if args.log_every and (step + 1) % args.log_every == 0:
-                    bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4f}")
-            loss = utils.all_reduce(loss_sum, mean=True).item() / steps_per_epoch
+            stats = train_one_epoch(model, optimizer, scheduler, train, args, device, epoch,
+                                    stop)
             seconds = time.perf_counter() - t0
-            utils.check_finite(loss, epoch, steps_per_epoch)
-            is_best = loss < best_loss
-            if is_best:
-                best_loss, best_epoch = loss, epoch
-            if utils.is_main_process():
-                record = {"epoch": epoch, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
-                          "ema_decay": decay,
-                          "images_per_s": steps_per_epoch * args.batch_size / seconds,
-                          "seconds": seconds}
-                if banks and (epoch % args.knn_every == 0 or epoch == args.epochs):
-                    record["knn_acc"] = knn_probe(learner, banks, args, device)
-                utils.append_jsonl(out / "log.jsonl", record)
-                print(f"epoch {epoch}/{args.epochs} loss {loss:.4f} lr {record['lr']:.2e} "
-                      f"ema {decay:.4f} | {record['images_per_s']:.1f} img/s, {seconds:.1f} s"
+            record = {"epoch": epoch, **stats, "lr": optimizer.param_groups[0]["lr"],
+                      "images_per_s": steps_per_epoch * args.batch_size / seconds,
+                      "seconds": seconds}
+            if banks and (epoch % args.knn_every == 0 or epoch == args.epochs):
+                record["knn_acc"] = knn_probe(learner, banks, args, device)
+            is_best = ckpts.end_epoch(epoch, record)
+            if distributed.is_main_process():
+                print(f"epoch {epoch}/{args.epochs} loss {record['loss']:.4f} lr "
+                      f"{record['lr']:.2e} ema {record['ema_decay']:.4f} | "
+                      f"{record['images_per_s']:.1f} img/s, {seconds:.1f} s"
                       + (f" | knn acc {record['knn_acc']:.4f}" if "knn_acc" in record else ""))
-                if is_best:
-                    utils.save_checkpoint(out / "best.pth", learner, epoch=epoch,
-                                          best_metric=loss, args=args)
-                    if args.export == "best":
-                        save_backbone(learner.net, out / "backbone.pth")
-                utils.save_checkpoint(out / "last.pth", learner, optimizer, scheduler,
-                                      epoch=epoch, best_metric=best_loss, args=args,
-                                      best_epoch=best_epoch)
-                utils.plot_curves(utils.read_jsonl(out / "log.jsonl"), ["loss", "knn_acc"],
-                                  out / "loss.png", title="BYOL pre-training")
+                if is_best and args.export == "best":
+                    save_backbone(learner.net, out / "backbone.pth")
+                records.plot_curves(records.read_jsonl(out / "log.jsonl"), ["loss", "knn_acc"],
+                                    out / "loss.png", title="BYOL pre-training")
             stop.check(epoch)
+    best_loss, best_epoch = ckpts.best, ckpts.best_epoch
 
-    if not utils.is_main_process():
+    if not distributed.is_main_process():
         return out
     if args.export == "last" or not (out / "backbone.pth").exists():
         save_backbone(learner.net, out / "backbone.pth")

@@ -6,7 +6,7 @@ Dropout off) on the evaluation view of every training image. Both checkpoints em
 images; sklearn's TSNE maps each set to 2-D and the two scatter plots, coloured by class, are
 drawn side by side in one PNG.
 
-    python3 p1_tsne.py --first runs/p1_finetune/C/epoch_first.pth \\
+    python3 p1_tsne.py --first runs/p1_finetune/C/epoch_001.pth \\
         --last runs/p1_finetune/C/last.pth --data-dir hw1_data/p1_data/office \\
         --output results/p1_tsne_C.png
     # quicker: a random subset of 1000 training images
@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+import augment
+import records
 import utils
-from p1_finetune import Classifier, load_classifier, load_office, run_batches
+from p1_common import Classifier, load_classifier, load_office, run_batches
 
 
 def get_args_parser():
@@ -28,7 +30,7 @@ def get_args_parser():
         description="t-SNE of setting C's 512-d penultimate features (train set) at "
         "the first and the last epoch, two panels in one PNG.")
     parser.add_argument("--first", required=True, type=Path,
-                        help="first-epoch checkpoint (epoch_first.pth of p1_finetune.py)")
+                        help="first-epoch checkpoint (epoch_001.pth of p1_finetune.py)")
     parser.add_argument("--last", required=True, type=Path, help="last-epoch checkpoint (last.pth)")
     parser.add_argument("--data-dir", required=True, type=Path,
                         help="Office-Home folder with train.csv and train/")
@@ -40,7 +42,7 @@ def get_args_parser():
     parser.add_argument("--perplexity", default=30.0, type=float, help="of sklearn's TSNE")
     parser.add_argument("--batch-size", default=256, type=int, help="images per forward")
     parser.add_argument("--device", default=None, help="cuda, cpu (default: cuda if any)")
-    parser.add_argument("--amp", default=True, action=argparse.BooleanOptionalAction,
+    parser.add_argument("--amp", default=True, action=utils.BooleanFlag,
                         help="bf16 autocast on CUDA (no effect on CPU)")
     parser.add_argument("--seed", default=0, type=int, help="of the subset and of TSNE")
     parser.add_argument("--cache-dir", default=None, type=Path,
@@ -49,7 +51,7 @@ def get_args_parser():
 
 
 def penultimate_features(model: Classifier, bank, image_size, batch_size, device, amp):
-    view = utils.ClassificationAugment(image_size, train=False)
+    view = augment.ClassificationAugment(image_size, train=False)
     return run_batches(model.penultimate, bank, view, batch_size, device, amp)  # (N, 512)
 
 
@@ -78,7 +80,7 @@ def plot_panels(points, labels, titles, path, num_classes):
         ax.set_yticks([])
     fig.colorbar(sc, ax=list(axes[0]), label="class", fraction=0.025, pad=0.01)
     path.parent.mkdir(parents=True, exist_ok=True)
-    utils.save_figure(fig, path, dpi=110, bbox_inches="tight")
+    records.save_figure(fig, path, dpi=110, bbox_inches="tight")
     return fig
 
 

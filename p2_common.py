@@ -1,160 +1,178 @@
-"""The one training loop (and the validation, prediction and figures) of Problem 2's models.
+"""What the Problem 2 scripts share: the two models (VGG16-FCN32s, torchvision DeepLabV3),
+rebuilding one from a checkpoint, and prediction (optionally with flip test-time augmentation).
 
-p2_train_fcn32s.py (model A) and p2_train_deeplabv3.py (model B) hold only their model, their
-own flags and a call to `train(args, build_model)`; p2_inference.py uses `predict`. Commands:
-
-    python p2_train_fcn32s.py --data-dir hw1_data/p2_data --output-dir runs/p2_fcn32s
-    python p2_train_deeplabv3.py --data-dir hw1_data/p2_data --output-dir runs/p2_deeplabv3
-    python p2_train_deeplabv3.py --data-dir hw1_data/p2_data --output-dir runs/p2_deeplabv3 --resume
-    python p2_train_deeplabv3.py --data-dir hw1_data/p2_data --output-dir /tmp/smoke \
-        --overwrite --arch mobilenet_v3_large --no-pretrained --epochs 2 --max-train 16 \
-        --max-val 8 --image-size 128
-    # 4 GPUs: --batch-size stays the global batch (4 x 4 here), BatchNorm is synchronised,
-    # validation is sharded and summed, rank 0 writes (utils.py, "distributed")
-    torchrun --nproc_per_node=4 p2_train_deeplabv3.py --data-dir hw1_data/p2_data \
-        --output-dir runs/p2_deeplabv3 --batch-size 16
-
-Ctrl-C or SIGTERM stops a run after the current step (exit 130 / 143, one line on how to
-resume); last.pth holds the last completed epoch and --resume redoes the interrupted one with
-the same data order and augmentations (utils.StopOnSignal, utils.epoch_generators).
-
-A run directory holds:
-    args.json, log.jsonl      the flags; one JSON line per epoch (train_loss, val_miou, val_iou
-                              per class, lr, train_images_per_s, seconds)
-    curves.png                train loss, val mIoU and lr against epoch
-    snapshots.png             validation images --snapshot-ids: image, truth, prediction at
-                              epochs 1, n//2 and n (redrawn from snapshots/epoch_XXX.npz, which
-                              every epoch writes, so a resumed run draws the same figure)
-    best.pth                  the model of the best val mIoU (model + args, no optimizer)
-    epoch_XXX.pth             the model at epochs 1, n//2 and n (model + args)
-    last.pth                  model, optimizer, scheduler of the last epoch: what --resume reads
-
-Training data live on the training device as uint8 ImageBanks (2,000 x 512 x 512 images + masks
-are 2.1 GB); each step indexes a batch there and augments it there (utils.SegmentationAugment),
-so no DataLoader and no host copy sits in the step.
+On the grading path (hw1_2.sh -> p2_inference.py): Python 3.8, torch 2.4, the course's packages.
+The training loop that both training scripts run lives in p2_engine.py.
 """
 
-import argparse
 import contextlib
-import math
-import time
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from torch import nn
+from torchvision.models import (
+    MobileNet_V3_Large_Weights,
+    ResNet50_Weights,
+    ResNet101_Weights,
+    VGG16_Weights,
+)
+from torchvision.models.segmentation import (
+    DeepLabV3_MobileNet_V3_Large_Weights,
+    DeepLabV3_ResNet50_Weights,
+    DeepLabV3_ResNet101_Weights,
+    deeplabv3_mobilenet_v3_large,
+    deeplabv3_resnet50,
+    deeplabv3_resnet101,
+)
+from torchvision.models.vgg import cfgs, make_layers
 
 import utils
-from utils import (
-    CLASS_NAMES,
-    NUM_CLASSES,
-    PALETTE,
-    SCORED_CLASSES,
-    ConfusionMatrix,
-    ImageBank,
-    SegmentationAugment,
-    StopOnSignal,
-    UserError,
-    add_hardware_args,
-    all_reduce,
-    append_jsonl,
-    autocast,
-    check_finite,
-    distribute_model,
-    epoch_generators,
-    get_device,
-    index_batches,
-    init_distributed,
-    is_main_process,
-    list_sat_pairs,
-    make_lr_scheduler,
-    memory_format,
-    merge_across_ranks,
-    normalize,
-    on_main_process,
-    plot_curves,
-    prepare_output_dir,
-    print_run_header,
-    rank,
-    read_jsonl,
-    resume_run,
-    save_checkpoint,
-    save_figure,
-    seed_everything,
-    setup_precision,
-    shard_batch,
-    to_float,
-    world_size,
-)
+from augment import normalize, to_float
+from data import NUM_CLASSES
+from errors import UserError, first_line
+
+# ------------------------------------------------------------------------------ model A: FCN32s
+STRIDE = 32
 
 
-# ---------------------------------------------------------------------------------------------
-# flags shared by both training scripts
-# ---------------------------------------------------------------------------------------------
-def add_common_args(parser):
-    """Flags of both training scripts; each script sets its own defaults with set_defaults."""
-    g = parser.add_argument_group("data and run")
-    g.add_argument("--data-dir", type=Path, default=Path("hw1_data/p2_data"),
-                   help="the p2_data folder holding train/ and validation/ (xxxx_sat.jpg + "
-                        "xxxx_mask.png)")
-    g.add_argument("--output-dir", type=Path, default=None,
-                   help="run directory (default runs/p2_<model>); refused if it holds a run, "
-                        "unless --resume or --overwrite")
-    g.add_argument("--resume", action="store_true",
-                   help="continue the run in --output-dir from its last.pth (epoch, optimizer, "
-                        "scheduler, best mIoU); --epochs may be raised")
-    g.add_argument("--overwrite", action="store_true", help="start again in a used --output-dir")
-    g.add_argument("--max-train", type=int, default=None,
-                   help="first N training pairs (smoke runs)")
-    g.add_argument("--max-val", type=int, default=None, help="first N validation pairs")
-    g.add_argument("--cache-dir", type=Path, default=None,
-                   help="keep the decoded image banks here (.npy) so the next run starts at once")
-    g.add_argument("--workers", type=int, default=None, help="threads decoding images")
-    g.add_argument("--snapshot-ids", nargs="*", default=["0013", "0062", "0104"],
-                   help="validation ids drawn in snapshots.png (ids missing from the set are "
-                        "skipped)")
-
-    g = parser.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=100, help="training epochs (passes over train/)")
-    g.add_argument("--batch-size", type=int, default=8, help="training images per step")
-    g.add_argument("--val-batch-size", type=int, default=16,
-                   help="validation images per forward, at full resolution")
-    g.add_argument("--image-size", type=int, default=512,
-                   help="side the training crops are resized to (validation runs at the "
-                        "images' own size, so a value below it also shrinks the training scale)")
-    g.add_argument("--min-scale", type=float, default=0.5,
-                   help="random crops cover [min-scale, 1] of the image side, resized to "
-                        "--image-size; 1 turns the scale-crop off")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="flips, 90-degree rotations and scale-crops (image and mask jointly)")
-    g.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
-                   help="fused on CUDA")
-    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (after warm-up)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--weight-decay", type=float, default=5e-4,
-                   help="on weights only; biases and norm parameters get none")
-    g.add_argument("--schedule", choices=["poly", "cosine"], default="poly",
-                   help="per-step decay after warm-up: poly (1-t)^0.9 or half a cosine, to 0")
-    g.add_argument("--warmup-epochs", type=float, default=1.0,
-                   help="linear warm-up from lr/warmup_steps to lr over this many epochs")
-    g.add_argument("--loss", choices=["ce", "weighted-ce", "focal", "weighted-focal"], default="ce",
-                   help="weighted-*: median-frequency class weights from the train masks "
-                        "(lifts rare classes such as Rangeland); focal: (1-p)^gamma * CE")
-    g.add_argument("--focal-gamma", type=float, default=2.0,
-                   help="focusing exponent of the focal losses")
-
-    g = add_hardware_args(parser.add_argument_group("hardware"),
-                          "torch.compile the model (first epoch slower, later ones faster)")
-    g.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
-                   help="start from pretrained weights (from the torch cache, filled by "
-                        "`bash hw1_download.sh`); --no-pretrained: random init, nothing downloads")
-    return parser
+def bilinear_kernel(size):
+    """(size, size) bilinear interpolation kernel, as in the FCN code (upsample factor
+    (size+1)//2): 1D weights 1 - |k - c| / f with centre c = f - 0.5 for even sizes."""
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    k = 1 - (torch.arange(size, dtype=torch.float64) - center).abs() / factor
+    return (k[:, None] * k[None, :]).float()
 
 
-# ---------------------------------------------------------------------------------------------
-# pretrained weights
-# ---------------------------------------------------------------------------------------------
+def bilinear_upsampler(num_classes, stride=STRIDE):
+    """ConvTranspose2d(kernel 2*stride, stride) whose class c -> class c filter is bilinear
+    and whose cross-class filters are zero: plain bilinear upsampling, until training moves it."""
+    up = nn.ConvTranspose2d(num_classes, num_classes, 2 * stride, stride=stride, bias=False)
+    with torch.no_grad():
+        up.weight.zero_()
+        for c in range(num_classes):
+            up.weight[c, c] = bilinear_kernel(2 * stride)
+    return up
+
+
+class FCN32s(nn.Module):
+    def __init__(self, num_classes=NUM_CLASSES, upscore_init="bilinear"):
+        super().__init__()
+        self.features = make_layers(cfgs["D"])  # VGG16 conv1_1 .. pool5, stride 32
+        self.fc6 = nn.Conv2d(512, 4096, 7, padding=3)
+        self.fc7 = nn.Conv2d(4096, 4096, 1)
+        self.drop = nn.Dropout2d(0.5)
+        self.score = nn.Conv2d(4096, num_classes, 1)
+        self.upscore = bilinear_upsampler(num_classes)
+        # torchvision's VGG initialisation for a random start (--no-pretrained)
+        for m in self.features.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        for m in (self.fc6, self.fc7):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
+        if upscore_init == "random":  # the report's code: ConvTranspose2d's own init
+            self.upscore.reset_parameters()
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, -w % STRIDE, 0, -h % STRIDE), mode="replicate")  # (B, 3, H', W'), /32
+        f = self.features(x)                                  # (B, 512, H'/32, W'/32)
+        f = self.drop(F.relu(self.fc6(f), inplace=True))     # (B, 4096, H'/32, W'/32)
+        f = self.drop(F.relu(self.fc7(f), inplace=True))
+        return self.upsample(self.score(f), h, w)             # (B, 7, H, W)
+
+    def upsample(self, score, h, w):
+        """(B, 7, h', w') scores, one per 32 x 32 block -> (B, 7, h, w), block-centred."""
+        s = F.pad(score, (1, 1, 1, 1), mode="replicate")     # (B, 7, h' + 2, w' + 2)
+        up = self.upscore(s)                                  # (B, 7, 32 h' + 96, 32 w' + 96)
+        # padded cell j has its bilinear peak at 32 j + 31.5, i.e. input cell i = j - 1 at
+        # 32 i + 63.5; shifting by 48 puts it at 32 i + 15.5, the centre of its 32 x 32 block
+        return up[:, :, 48:48 + h, 48:48 + w]
+
+    @torch.no_grad()
+    def load_vgg16(self, state, fc=True):
+        """Copy torchvision's VGG16 state_dict: conv layers, and (with `fc`) fc6/fc7 from
+        classifier.0/3; without, fc6/fc7 keep their fresh initialisation (the report's code)."""
+        self.features.load_state_dict({k[len("features."):]: v for k, v in state.items()
+                                       if k.startswith("features.")})
+        if not fc:
+            return
+        self.fc6.weight.copy_(state["classifier.0.weight"].view(4096, 512, 7, 7))
+        self.fc6.bias.copy_(state["classifier.0.bias"])
+        self.fc7.weight.copy_(state["classifier.3.weight"].view(4096, 4096, 1, 1))
+        self.fc7.bias.copy_(state["classifier.3.bias"])
+
+
+def build_fcn32s(cfg, load_pretrained=True):
+    """FCN32s from a run's args (dict or Namespace); ImageNet VGG16 weights when the run used
+    them and `load_pretrained` (inference and --resume pass False: the checkpoint has all)."""
+    cfg = cfg if isinstance(cfg, dict) else vars(cfg)
+    state = None
+    if load_pretrained and cfg.get("pretrained", True):
+        with pretrained_download("ImageNet VGG16"):  # fetched first: fails before the build
+            state = VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True)
+    model = FCN32s(NUM_CLASSES, upscore_init=cfg.get("upscore_init", "bilinear"))
+    if state is not None:
+        model.load_vgg16(state, fc=cfg.get("fc_init", "vgg") == "vgg")
+    return model
+
+
+# ------------------------------------------------------------------------------ model B: DeepLabV3
+# arch -> (builder, COCO-VOC segmentation weights, ImageNet backbone weights)
+ARCHS = {
+    "resnet50": (deeplabv3_resnet50, DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1,
+                 ResNet50_Weights.IMAGENET1K_V1),
+    "resnet101": (deeplabv3_resnet101, DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
+                  ResNet101_Weights.IMAGENET1K_V1),
+    "mobilenet_v3_large": (deeplabv3_mobilenet_v3_large,
+                           DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
+                           MobileNet_V3_Large_Weights.IMAGENET1K_V1),
+}
+
+
+def replace_last_layer(head, num_classes):
+    """Swap the final 1x1 conv of a torchvision DeepLabHead/FCNHead for a `num_classes` one."""
+    old = head[-1]
+    head[-1] = nn.Conv2d(old.in_channels, num_classes, 1)
+    return head
+
+
+def build_deeplabv3(cfg, load_pretrained=True):
+    """DeepLabV3 from a run's args (dict or Namespace). `load_pretrained` False (inference,
+    --resume) builds the same layers with no weights fetched: the checkpoint has them all."""
+    cfg = cfg if isinstance(cfg, dict) else vars(cfg)
+    arch = cfg.get("arch", "resnet50")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown DeepLabV3 arch {arch!r}")
+    builder, seg_weights, backbone_weights = ARCHS[arch]
+    init = cfg.get("init", "coco") if load_pretrained and cfg.get("pretrained", True) else None
+    if init == "coco":
+        with pretrained_download(f"COCO-VOC DeepLabV3-{arch}"):
+            model = builder(weights=seg_weights, weights_backbone=None, aux_loss=True)
+        replace_last_layer(model.classifier, NUM_CLASSES)
+        replace_last_layer(model.aux_classifier, NUM_CLASSES)
+        return model
+    if init == "imagenet":
+        with pretrained_download(f"ImageNet {arch}"):
+            return builder(weights=None, weights_backbone=backbone_weights,
+                           num_classes=NUM_CLASSES, aux_loss=True)
+    return builder(weights=None, weights_backbone=None, num_classes=NUM_CLASSES, aux_loss=True)
+
+
+BUILDERS = {"fcn32s": build_fcn32s, "deeplabv3": build_deeplabv3}
+
+
+def build_model(cfg, load_pretrained=True):
+    """The network a run's args (dict or Namespace) name in `model_name`."""
+    cfg = cfg if isinstance(cfg, dict) else vars(cfg)
+    return BUILDERS[cfg["model_name"]](cfg, load_pretrained)
+
+
+# ------------------------------------------------------------------------------ weights, prediction
 @contextlib.contextmanager
 def pretrained_download(name):
     """Turn a failed torchvision weight download (offline, broken file) into one clear line."""
@@ -167,97 +185,11 @@ def pretrained_download(name):
                         f"{torch.hub.get_dir()}/checkpoints) or pass --no-pretrained") from None
 
 
-# ---------------------------------------------------------------------------------------------
-# data
-# ---------------------------------------------------------------------------------------------
-def load_split(folder, max_n=None, cache_dir=None, workers=None):
-    """ids, image bank (N, 3, H, W) uint8 and mask bank (N, H, W) class indices of one split."""
-    pairs = list_sat_pairs(folder)[:max_n] if max_n else list_sat_pairs(folder)
-    ids = [i for i, _, _ in pairs]
-    images = ImageBank.from_paths([s for _, s, _ in pairs], kind="image", cache_dir=cache_dir,
-                                  workers=workers, progress=True)
-    masks = ImageBank.from_paths([m for _, _, m in pairs], kind="mask", cache_dir=cache_dir,
-                                 workers=workers, progress=True)
-    if images.images.shape[-2:] != masks.images.shape[-2:]:
-        raise UserError(f"{folder}: images are {tuple(images.images.shape[-2:])} but masks "
-                        f"{tuple(masks.images.shape[-2:])}; each mask must match its image")
-    return ids, images, masks
-
-
-def median_frequency_weights(masks, num_classes=NUM_CLASSES, scored=SCORED_CLASSES):
-    """Class weights by median-frequency balancing (Eigen & Fergus 2015), from (N, H, W) masks.
-
-    freq_c = pixels of class c / pixels of the images in which c occurs;
-    w_c = median(freq over the scored classes present) / freq_c, clamped to [0.1, 10].
-    Unknown (not scored) and classes absent from the masks get weight 1: lifting Unknown would
-    only move pixels away from the scored classes. Returns a float32 (num_classes,) tensor.
-    """
-    counts = torch.zeros(num_classes, dtype=torch.float64, device=masks.device)
-    present = torch.zeros(num_classes, dtype=torch.float64, device=masks.device)
-    for start in range(0, masks.shape[0], 16):  # per-image counts, 16 images at a time
-        m = masks[start:start + 16].reshape(min(16, masks.shape[0] - start), -1).long()
-        offset = torch.arange(m.shape[0], device=m.device).unsqueeze(1) * num_classes
-        per_image = torch.bincount((m + offset).reshape(-1),
-                                   minlength=m.shape[0] * num_classes).view(-1, num_classes)
-        counts += per_image.sum(0).double()
-        present += (per_image > 0).double().sum(0) * m.shape[1]
-    freq = (counts / present.clamp(min=1)).cpu()
-    weights = torch.ones(num_classes, dtype=torch.float64)
-    seen = freq[:scored] > 0
-    if seen.any():
-        median = freq[:scored][seen].quantile(0.5)  # mean of the middle two for an even count
-        weights[:scored] = torch.where(seen, median / freq[:scored].clamp(min=1e-12),
-                                       torch.ones(scored, dtype=torch.float64))
-    return weights.clamp(0.1, 10.0).float()
-
-
-# ---------------------------------------------------------------------------------------------
-# loss, optimizer, schedule
-# ---------------------------------------------------------------------------------------------
-def segmentation_loss(logits, target, weight=None, gamma=0.0):
-    """Pixel-wise (focal) cross-entropy; gamma=0 is plain CE, identical to F.cross_entropy.
-
-    logits (B, C, H, W) any dtype (computed in fp32), target (B, H, W) int64. With class weights
-    the mean is weighted like F.cross_entropy's: sum(w_t * l) / sum(w_t).
-    """
-    logp = F.log_softmax(logits.float(), dim=1)                      # (B, C, H, W)
-    logp_t = logp.gather(1, target.unsqueeze(1)).squeeze(1)          # (B, H, W)
-    loss = -logp_t if gamma == 0 else -((1 - logp_t.exp()).clamp(min=0) ** gamma) * logp_t
-    if weight is None:
-        return loss.mean()
-    w = weight.to(loss.device)[target]                               # (B, H, W)
-    return (loss * w).sum() / w.sum().clamp(min=1e-12)
-
-
 def main_logits(out):
     """torchvision segmentation models return {"out", "aux"}; FCN32s returns the logits."""
     return out["out"] if isinstance(out, dict) else out
 
 
-def make_criterion(args, class_weight=None):
-    """loss(model output, target): main head, plus --aux-weight x the aux head when present."""
-    gamma = args.focal_gamma if args.loss.endswith("focal") else 0.0
-    weight = class_weight if args.loss.startswith("weighted") else None
-    aux_weight = getattr(args, "aux_weight", 0.0)
-
-    def criterion(out, target):
-        loss = segmentation_loss(main_logits(out), target, weight, gamma)
-        if isinstance(out, dict) and out.get("aux") is not None and aux_weight > 0:
-            loss = loss + aux_weight * segmentation_loss(out["aux"], target, weight, gamma)
-        return loss
-
-    return criterion
-
-
-def make_optimizer(model, args, device):
-    """SGD (momentum) or AdamW; weight decay on conv/linear weights only; fused kernels on CUDA."""
-    return utils.make_optimizer(model.parameters(), args.optimizer, args.lr, args.weight_decay,
-                                device, momentum=args.momentum)
-
-
-# ---------------------------------------------------------------------------------------------
-# prediction and validation
-# ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def predict(model, images, device, amp=True, tta=False):
     """uint8 (B, 3, H, W) images -> (B, H, W) int64 class indices on `device`.
@@ -266,12 +198,12 @@ def predict(model, images, device, amp=True, tta=False):
     its vertical flip are averaged (each flipped back first); without, the argmax of the logits.
     """
     x = normalize(to_float(images.to(device, non_blocking=True)))
-    x = x.contiguous(memory_format=memory_format(device))           # (B, 3, H, W) float32
+    x = x.contiguous(memory_format=utils.memory_format(device))           # (B, 3, H, W) float32
     flips = [None, (3,), (2,)] if tta else [None]
     score = None
     for dims in flips:
         xi = x if dims is None else x.flip(dims)
-        with autocast(device, amp):
+        with utils.autocast(device, amp):
             out = main_logits(model(xi)).float()                     # (B, 7, H, W)
         out = out if dims is None else out.flip(dims)
         out = out.softmax(1) if tta else out
@@ -279,259 +211,20 @@ def predict(model, images, device, amp=True, tta=False):
     return score.argmax(1)
 
 
-@torch.no_grad()
-def evaluate(model, images, masks, batch_size, device, amp=True, keep=()):
-    """Confusion matrix over a whole split (on `device`), and the uint8 CPU predictions of the
-    rows `keep` (for the snapshot figure) as {row: (H, W)}.
-
-    Under torchrun each rank predicts its share of the rows (rank, rank + N, ...) with the plain
-    model, then the matrices are summed and the kept predictions gathered: every rank returns
-    the whole split's numbers."""
-    model.eval()
-    cm = ConfusionMatrix(device=device)
-    kept = {}
-    for idx in index_batches(len(images), batch_size, shuffle=False, drop_last=False,
-                             rank=rank(), world_size=world_size()):  # CPU row numbers
-        pred = predict(model, images.batch(idx), device, amp)        # (b, H, W)
-        cm.update(masks.batch(idx), pred)
-        for i, row in enumerate(idx.tolist()):
-            if row in keep:
-                kept[row] = pred[i].to(torch.uint8).cpu()
-    all_reduce(cm.mat)
-    return cm, merge_across_ranks(kept)
-
-
-# ---------------------------------------------------------------------------------------------
-# figures
-# ---------------------------------------------------------------------------------------------
-def kept_epochs(n):
-    """The epochs whose model and snapshot are kept: first, middle (n//2, at least 1), last."""
-    return sorted({1, max(1, n // 2), n})
-
-
-def draw_snapshots(path, ids, images, truths, preds):
-    """One PNG: a row per image; columns image, ground truth, then the prediction of each epoch.
-
-    images (K, 3, H, W) uint8, truths (K, H, W) class indices, preds {epoch: (K, H, W)}.
-    """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    epochs = sorted(preds)
-    cols = 2 + len(epochs)
-    fig, axes = plt.subplots(len(ids), cols, figsize=(2.4 * cols, 2.4 * len(ids) + 0.9),
-                             squeeze=False)
-    titles = ["image", "ground truth"] + [f"epoch {e}" for e in epochs]
-    for r, image_id in enumerate(ids):
-        panels = [np.asarray(images[r]).transpose(1, 2, 0), PALETTE[np.asarray(truths[r], int)]]
-        panels += [PALETTE[np.asarray(preds[e][r], dtype=np.int64)] for e in epochs]
-        for c, (ax, panel) in enumerate(zip(axes[r], panels)):
-            ax.imshow(panel, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(titles[c], fontsize=10)
-        axes[r, 0].set_ylabel(image_id, fontsize=10)
-    legend = [Patch(facecolor=PALETTE[c] / 255.0, edgecolor="black", label=CLASS_NAMES[c])
-              for c in range(NUM_CLASSES)]
-    fig.legend(handles=legend, loc="lower center", ncol=NUM_CLASSES, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.5 / (2.4 * len(ids) + 0.9), 1, 1))
-    return save_figure(fig, path, dpi=150)
-
-
-def redraw_snapshots(out, ids, images, truths, last_epoch, n_epochs):
-    """Draw snapshots.png from the saved predictions of the kept epochs up to `last_epoch`."""
-    preds = {}
-    for e in kept_epochs(n_epochs):
-        f = out / "snapshots" / f"epoch_{e:03d}.npz"
-        if e <= last_epoch and f.exists():
-            saved = np.load(f)
-            if list(saved["ids"]) == list(ids):
-                preds[e] = saved["preds"]
-    if ids and preds:
-        draw_snapshots(out / "snapshots.png", ids, images, truths, preds)
-
-
-# ---------------------------------------------------------------------------------------------
-# training
-# ---------------------------------------------------------------------------------------------
-def build_augment(args):
-    """Joint image/mask augmentation of --augment (flips, quarter turns, scale-crops to
-    --image-size); under torchrun each rank keeps its share of the global batch's draws."""
-    augment = SegmentationAugment(size=args.image_size,
-                                  min_scale=args.min_scale if args.augment else 1.0,
-                                  p_flip=0.5 if args.augment else 0.0, rotate=args.augment)
-    augment.shard = (rank(), world_size())
-    return augment
-
-
-def train_step(model, optimizer, x, y, criterion, device, amp=True):
-    """One optimizer step on a prepared batch; returns the loss as a device tensor (no sync)."""
-    with autocast(device, amp):
-        out = model(x.contiguous(memory_format=memory_format(device)))
-    loss = criterion(out, y)  # fp32 on the fp32 view of the logits
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
-
-
-def train_one_epoch(model, optimizer, scheduler, images, masks, augment, criterion, batch_size,
-                    device, amp, epoch, seed, desc, log_every=20, stop=None):
-    """Mean training loss of one epoch (over all ranks); the host reads the loss only every
-    `log_every` steps. `batch_size` is this rank's share of the global batch. The data order
-    and the augmentations come from (seed, epoch) alone, so --resume replays the epoch."""
-    model.train()
-    order, augment.generator = epoch_generators(seed, epoch, images.device)
-    steps = len(images) // (batch_size * world_size())
-    total = torch.zeros((), device=device)
-    batches = index_batches(len(images), batch_size, generator=order, device=images.device,
-                            rank=rank(), world_size=world_size())
-    bar = tqdm(batches, total=steps, desc=desc, leave=False, dynamic_ncols=True,
-               disable=not is_main_process())
-    for step, idx in enumerate(bar, 1):
-        x, y = augment(images.batch(idx), masks.batch(idx))   # (B, 3, S, S) float, (B, S, S) int64
-        total += train_step(model, optimizer, x, y, criterion, device, amp)
-        scheduler.step()
-        if stop:
-            stop.check(epoch - 1)
-        if step % log_every == 0:
-            value = (total / step).item()
-            check_finite(value, epoch, step)
-            bar.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-    bar.close()
-    return all_reduce(total / max(1, steps), mean=True).item()
-
-
-def train(args, build_model):
-    """The whole run: data, model, optimizer, resume, then per epoch train, validate, log, save.
-
-    `build_model(cfg_dict, load_pretrained)` returns the model; args must carry model_name.
-    """
-    device = init_distributed(get_device(args.device))  # this rank's device under torchrun
-    setup_precision(device)
-    seed_everything(args.seed, getattr(args, "deterministic", False))
-    if args.output_dir is None:
-        args.output_dir = Path("runs") / f"p2_{args.model_name}"
-    if args.epochs < 1:
-        raise UserError(f"--epochs must be at least 1, not {args.epochs}")
-    out = on_main_process(prepare_output_dir, args.output_dir, args, resume=args.resume,
-                          overwrite=args.overwrite)
-    resuming = args.resume and (out / "last.pth").exists()
-
-    # ---- data: both splits as uint8 banks on the training device -----------------------------
-    data_dir = Path(args.data_dir)
-    train_ids, train_x, train_y = load_split(data_dir / "train", args.max_train, args.cache_dir,
-                                             args.workers)
-    val_ids, val_x, val_y = load_split(data_dir / "validation", args.max_val, args.cache_dir,
-                                       args.workers)
-    for bank in (train_x, train_y, val_x, val_y):
-        bank.to(device)
-    batch_size = min(args.batch_size, len(train_ids))
-    if batch_size < 2:
-        raise UserError(f"{data_dir / 'train'} gives batches of {batch_size} image(s); BatchNorm "
-                        "needs at least 2 (raise --max-train or --batch-size)")
-    rank_batch = shard_batch(batch_size)  # under torchrun batch_size is the global batch
-    steps_per_epoch = len(train_ids) // batch_size
-    missing = [i for i in args.snapshot_ids if i not in val_ids]
-    if missing:
-        print(f"snapshot ids {', '.join(missing)} are not in the validation set; skipped")
-    snap_ids = [i for i in args.snapshot_ids if i in val_ids]
-    snap_rows = [val_ids.index(i) for i in snap_ids]
-    snap_images = val_x.images[snap_rows].cpu() if snap_rows else None
-    snap_truths = val_y.images[snap_rows].cpu() if snap_rows else None
-
-    # ---- loss ----------------------------------------------------------------------------------
-    class_weight = None
-    if args.loss.startswith("weighted"):
-        class_weight = median_frequency_weights(train_y.images).to(device)
-        print("class weights (median frequency): " + ", ".join(
-            f"{CLASS_NAMES[c]} {w:.3f}" for c, w in enumerate(class_weight.tolist())))
-    criterion = make_criterion(args, class_weight)
-
-    # ---- model, optimizer, schedule ------------------------------------------------------------
-    model = build_model(vars(args), load_pretrained=not resuming)  # resume: no download
-    model = model.to(device, memory_format=memory_format(device))
-    optimizer = make_optimizer(model, args, device)
-    scheduler = make_lr_scheduler(optimizer, args.schedule, args.epochs * steps_per_epoch,
-                                  round(args.warmup_epochs * steps_per_epoch))
-
-    # ---- resume --------------------------------------------------------------------------------
-    start_epoch, best = 1, -math.inf
-    if args.resume:
-        start_epoch, best, _ = resume_run(out, model, optimizer, scheduler, best_metric=best,
-                                          expect={"model_name": args.model_name})
-        best = -math.inf if best is None else best
-    print_run_header(args, device, batch_size, args.lr)
-    print(f"{len(train_ids)} train / {len(val_ids)} val pairs, {steps_per_epoch} steps per epoch, "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters"
-          + (f", {world_size()} processes x {rank_batch} images" if world_size() > 1 else ""))
-    # DistributedDataParallel under torchrun; an aux head outside the loss gets no gradient
-    unused_aux = (getattr(model, "aux_classifier", None) is not None
-                  and getattr(args, "aux_weight", 0.0) <= 0)
-    ddp_model = distribute_model(model, device, find_unused_parameters=unused_aux)
-    step_model = torch.compile(ddp_model) if args.compile else ddp_model
-    eval_model = step_model if world_size() == 1 else model  # sharded validation: no collectives
-    augment = build_augment(args)
-
-    # ---- loop: train, validate, then rank 0 logs and saves; a signal stops after a step -------
-    with StopOnSignal(out) as stop:
-        for epoch in range(start_epoch, args.epochs + 1):
-            t0 = time.time()
-            train_loss = train_one_epoch(step_model, optimizer, scheduler, train_x, train_y,
-                                         augment, criterion, rank_batch, device, args.amp, epoch,
-                                         args.seed, desc=f"epoch {epoch}/{args.epochs}", stop=stop)
-            train_seconds = time.time() - t0  # .item() above synchronised the device
-            check_finite(train_loss, epoch, steps_per_epoch)
-            cm, kept = evaluate(eval_model, val_x, val_y, args.val_batch_size, device, args.amp,
-                                snap_rows)
-            miou = cm.miou()
-            is_best = not math.isnan(miou) and miou > best
-            best = miou if is_best else best
-            if is_main_process():
-                record = {"epoch": epoch, "train_loss": round(train_loss, 6),
-                          "val_miou": None if math.isnan(miou) else round(miou, 6),
-                          "val_pixel_acc": round(cm.pixel_accuracy(), 6),
-                          "val_iou": cm.per_class(), "lr": scheduler.get_last_lr()[0],
-                          "train_images_per_s": round(steps_per_epoch * batch_size
-                                                      / train_seconds, 2),
-                          "seconds": round(time.time() - t0, 1)}
-                save_epoch(out, args, epoch, record, is_best, best, model, optimizer, scheduler,
-                           (snap_ids, snap_images, snap_truths, [kept[r] for r in snap_rows]))
-            stop.check(epoch)
-    if is_main_process() and snap_rows and start_epoch > args.epochs:
-        redraw_snapshots(out, snap_ids, snap_images, snap_truths, args.epochs, args.epochs)
-    print(f"best val mIoU {best:.4f}; checkpoints in {out}")
-    return best
-
-
-def save_epoch(out, args, epoch, record, is_best, best, model, optimizer, scheduler, snapshot):
-    """Rank 0's end of an epoch: log line, snapshot predictions, checkpoints (last.pth last:
-    until it is replaced, --resume restarts this epoch), curves, figure."""
-    snap_ids, snap_images, snap_truths, snap_preds = snapshot
-    log_path = out / "log.jsonl"
-    append_jsonl(log_path, record)
-    if snap_ids:
-        (out / "snapshots").mkdir(exist_ok=True)
-        np.savez_compressed(out / "snapshots" / f"epoch_{epoch:03d}.npz", ids=np.array(snap_ids),
-                            preds=torch.stack(snap_preds).numpy())
-    if is_best:
-        save_checkpoint(out / "best.pth", model, epoch=epoch, best_metric=best, args=args)
-    if epoch in kept_epochs(args.epochs):
-        save_checkpoint(out / f"epoch_{epoch:03d}.pth", model, epoch=epoch, best_metric=best,
-                        args=args)
-    save_checkpoint(out / "last.pth", model, optimizer, scheduler, epoch=epoch,
-                    best_metric=best, args=args)
-    print(f"epoch {epoch}/{args.epochs} | loss {record['train_loss']:.4f} | val mIoU "
-          f"{record['val_miou'] if record['val_miou'] is not None else float('nan'):.4f}"
-          f"{' (best)' if is_best else ''} | "
-          + " ".join(f"{k[:5]} {v if v is None else round(v, 3)}"
-                     for k, v in record["val_iou"].items())
-          + f" | lr {record['lr']:.2e} | {record['train_images_per_s']:.1f} train img/s"
-          f" | {record['seconds']:.0f} s")
-    plot_curves(read_jsonl(log_path), ["train_loss", "val_miou", "lr"], out / "curves.png",
-                title=f"{args.model_name}: {out}")
-    if epoch in kept_epochs(args.epochs) and snap_ids:
-        redraw_snapshots(out, snap_ids, snap_images, snap_truths, epoch, args.epochs)
+def load_segmenter(path, device):
+    """Rebuild the network named in a checkpoint's args and load its weights (eval mode)."""
+    ckpt = utils.load_checkpoint(path, kind="p2_segmenter")
+    cfg = ckpt["args"]
+    name = cfg["model_name"]
+    try:
+        model = BUILDERS[name](cfg, load_pretrained=False)
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UserError(f"{path}: weights do not fit a {name} built from its own args "
+                        f"({first_line(e, 120)}); train or download it again") from None
+    if getattr(model, "aux_classifier", None) is not None:
+        model.aux_classifier = None  # the aux head only helps training; skip its compute
+    metric = ckpt.get("best_metric")
+    print(f"{path}: {name}, epoch {ckpt.get('epoch')}"
+          + (f", best val mIoU {metric:.4f}" if isinstance(metric, float) else ""))
+    return model.to(device, memory_format=utils.memory_format(device)).eval()

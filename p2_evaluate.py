@@ -27,15 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import (
-    CLASS_NAMES,
-    SCORED_CLASSES,
-    ConfusionMatrix,
-    UserError,
-    read_mask,
-    writable_dir,
-    write_json,
-)
+from data import CLASS_NAMES, SCORED_CLASSES, read_mask
+from errors import UserError
+from metrics import ConfusionMatrix
+from records import write_json
+from utils import writable_dir
 
 
 def get_args_parser():
@@ -110,7 +106,8 @@ def main(args):
     miou = cm.miou()
     print(f"images: {n}")
     if args.json is not None:
-        write_json(args.json, {"images": n, "mean_iou": miou, "iou": cm.per_class(SCORED_CLASSES)})
+        write_json(args.json, {"images": n, "mean_iou": miou, "iou": cm.per_class(SCORED_CLASSES),
+                               "confusion": cm.mat.tolist()})  # rows: truth, columns: prediction
     print(f"mean_iou: {miou:.6f}")
     sys.stdout.flush()
     return miou

@@ -31,23 +31,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import p2_train_deeplabv3
-import p2_train_fcn32s
-from p2_common import predict
+from data import load_rgb, write_mask
+from errors import UserError, first_line
+from p2_common import load_segmenter, predict
 from utils import (
-    UserError,
-    first_line,
+    BooleanFlag,
     get_device,
-    load_checkpoint,
-    load_rgb,
-    memory_format,
     setup_precision,
     writable_dir,
-    write_mask,
 )
 
 ROOT = Path(__file__).resolve().parent
-BUILDERS = {"fcn32s": p2_train_fcn32s.build_model, "deeplabv3": p2_train_deeplabv3.build_model}
 
 
 def get_args_parser():
@@ -64,39 +58,15 @@ def get_args_parser():
                         help="a checkpoint of p2_train_*.py (default: $HW1_P2_CHECKPOINT, else "
                              "checkpoints/p2_B.pth, fetched by `bash hw1_download.sh`)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
+    parser.add_argument("--tta", action=BooleanFlag, default=False,
                         help="average the softmax over the image and its h/v flips (3x slower)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--amp", action=BooleanFlag, default=True,
                         help="bf16 autocast on CUDA")
     parser.add_argument("--workers", type=int, default=8, help="threads decoding and writing")
     return parser
 
 
-def load_model(path, device):
-    """Rebuild the network named in a checkpoint's args and load its weights (eval mode)."""
-    ckpt = load_checkpoint(path, expect_keys=("model", "args"))
-    cfg = ckpt["args"] or {}
-    name = cfg.get("model_name")
-    if name not in BUILDERS:
-        kind = (f"a p1_finetune.py setting {cfg['setting']} checkpoint" if "setting" in cfg
-                else "a BYOL checkpoint" if "ema_decay" in cfg
-                else f"a checkpoint of model {name!r}")
-        raise UserError(f"{path} is {kind}, not one of Problem 2 ({', '.join(BUILDERS)}); pass "
-                        "a best.pth of p2_train_fcn32s.py or p2_train_deeplabv3.py "
-                        "(e.g. checkpoints/p2_B.pth)")
-    try:
-        model = BUILDERS[name](cfg, load_pretrained=False)
-        model.load_state_dict(ckpt["model"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise UserError(f"{path}: weights do not fit a {name} built from its own args "
-                        f"({first_line(e, 120)}); train or download it again") from None
-    if getattr(model, "aux_classifier", None) is not None:
-        model.aux_classifier = None  # the aux head only helps training; skip its compute
-    metric = ckpt.get("best_metric")
-    print(f"{path}: {name}, epoch {ckpt.get('epoch')}"
-          + (f", best val mIoU {metric:.4f}" if isinstance(metric, float) else ""))
-    return model.to(device, memory_format=memory_format(device)).eval()
 
 
 def read_sat(path):
@@ -128,7 +98,7 @@ def main(args):
     if not paths:
         raise UserError(f"no *_sat.jpg images in {in_dir}; inputs must be named xxxx_sat.jpg")
     writable_dir(out_dir, "--output-dir")
-    model = load_model(args.checkpoint, device)
+    model = load_segmenter(args.checkpoint, device)
 
     failures, writes, done = [], [], 0
     t0 = time.time()

@@ -2,6 +2,8 @@
 
 Report section 2.5: SAM ViT-H, SamAutomaticMaskGenerator with 32 points per side, predicted-IoU
 threshold 0.88 and min mask region area 100; masks overlaid in random colours, largest first.
+Laid out as segment-anything's scripts/amg.py: required inputs and outputs, the generator's
+knobs in one argument group, and a main that loads SAM, loops over the images and writes.
 
     bash hw1_download.sh sam     # -> checkpoints/sam_vit_h_4b8939.pth
     # the report's figure: three validation images side by side
@@ -23,63 +25,49 @@ Outputs in --output-dir: `{id}_sam.png` (the overlay, same size as the input; id
 name without `_sat.jpg` / extension), `sam_figure.png` (or --figure), `args.json`,
 `sam_log.jsonl` (one line per image: masks, seconds); with --save-masks `masks/{id}/{i}.png` +
 `metadata.csv`; with --json `{id}_sam.json`; with --gt-dir/--pred-dir `sam_vs_model_b.json`,
-`sam_vs_model_b.md` and `sam_vs_model_b.png`.
+`sam_vs_model_b.md` (the table RESULTS.md includes) and `sam_vs_model_b.png`.
 
 Mask order. Masks are sorted by area, largest first (stable), once, right after generation;
 that order is the drawing order (smaller masks are painted over larger ones and stay visible),
-the numbering of --save-masks / --json, and the order of the relabelling below.
+the numbering of --save-masks / --json, and the order of the relabelling.
 
 SAM against model B (--gt-dir with ground-truth `xxxx_mask.png`, --pred-dir with model B's
-`xxxx_mask.png`, class indices 0..6 read as the course scorer reads them):
-  purity     sum_m max_c |m & GT_c| / sum_m |m| over all masks m of all evaluated images, c over
-             the 7 classes (Unknown included: a mask lying on Unknown ground truth is pure).
-             Overlapping masks each count in full. 1.0 = no SAM mask straddles a class border.
-  relabelled each SAM mask takes model B's majority class inside the whole mask (ties -> lower
-             class index); masks are painted largest first, so where masks overlap the
-             smallest wins (as in the overlay); pixels covered by no mask keep model B's class.
-  mIoU       of model B and of the relabelled map, each over all pixels of all evaluated images
-             at once (utils.ConfusionMatrix: classes 0..5 averaged, an Unknown-truth pixel
-             predicted as class i is a false positive of i, a class absent from both truth and
-             prediction is left out of the mean).
+`xxxx_mask.png`, class indices 0..6 read as the course scorer reads them): mask class purity,
+coverage, model B relabelled by SAM's masks, and the mIoU of model B and of the relabelled map.
+Each number is defined once, by the docstring of the code that computes it (mask_purity,
+covered_pixels, relabel_with_masks, metrics.ConfusionMatrix); `definitions()` quotes those into
+sam_vs_model_b.json and sam_vs_model_b.md.
 
-Precision: on CUDA, SAM's image encoder and mask decoder run under bf16 autocast (--no-amp for
-fp32) and hand float32 to the mask generator, whose thresholding, stability scores, NMS and
+Precision: fp32 by default, as the report ran SAM; with --amp, on CUDA, SAM's image encoder and
+mask decoder run under bf16 autocast (faster, but it moves which masks pass the 0.88 / 0.95
+thresholds) and hand float32 to the mask generator, whose thresholding, stability scores, NMS and
 resizing of mask logits stay in float32, as upstream. The default --points-per-batch is 256 on
 CUDA (upstream: 64, kept on CPU).
 """
 
 import argparse
 import csv
+import inspect
 import json
 import math
 import pickle
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
-from segment_anything.modeling import (
-    ImageEncoderViT,
-    MaskDecoder,
-    PromptEncoder,
-    Sam,
-    TwoWayTransformer,
-)
 from segment_anything.utils.amg import coco_encode_rle, mask_to_rle_pytorch
 
+import data
+import training
 import utils
-from utils import (
-    CLASS_NAMES,
-    IMAGE_EXTENSIONS,
-    NUM_CLASSES,
-    SCORED_CLASSES,
-    ConfusionMatrix,
-    UserError,
-)
+from data import CLASS_NAMES, IMAGE_EXTENSIONS, NUM_CLASSES, SCORED_CLASSES
+from errors import UserError
+from metrics import ConfusionMatrix
+from records import append_jsonl, atomic_write_bytes, write_json
 
 MODEL_TYPES = ("vit_h", "vit_l", "vit_b")
 # The official file of each model type (https://github.com/facebookresearch/segment-anything).
@@ -91,6 +79,9 @@ EMBED_DIM_TO_TYPE = {1280: "vit_h", 1024: "vit_l", 768: "vit_b"}
 GPU_POINTS_PER_BATCH, CPU_POINTS_PER_BATCH = 256, 64
 METADATA_HEADER = ("id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,"
                    "predicted_iou,stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h")
+LOG_FILE = "sam_log.jsonl"
+# The two rows of the comparison table: key in sam_vs_model_b.json -> label
+ROWS = {"model_b": "model B", "sam_relabelled": "model B relabelled by SAM masks"}
 
 
 def get_args_parser():
@@ -98,7 +89,7 @@ def get_args_parser():
         description="SAM automatic masks overlaid in random colours (largest first), one "
                     "overlay PNG per input and one figure; optionally SAM's masks against model "
                     "B's predictions (class purity, mIoU after relabelling each mask).",
-        epilog="Exact commands are in the module docstring (head -40 p2_sam.py).")
+        epilog="Exact commands are in the module docstring (head -25 p2_sam.py).")
     parser.add_argument("--checkpoint", required=True, type=Path, metavar="PATH",
                         help="SAM weights, e.g. checkpoints/sam_vit_h_4b8939.pth "
                              "(bash hw1_download.sh sam)")
@@ -125,8 +116,10 @@ def get_args_parser():
                         help="opacity of the mask colours (default: %(default)s, SAM's notebooks)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the mask colours")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cuda, cpu")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                        help="bf16 autocast of SAM's networks on CUDA (no effect on CPU)")
+    parser.add_argument("--amp", action=utils.BooleanFlag, default=False,
+                        help="bf16 autocast of SAM's networks on CUDA (no effect on CPU); off "
+                        "by default: the report ran fp32, and bf16 moves which masks pass the "
+                        "0.88 / 0.95 thresholds")
 
     cmp = parser.add_argument_group(
         "SAM against model B", "give both to score SAM's masks; see the module docstring")
@@ -168,6 +161,19 @@ def get_args_parser():
                      help="remove islands and holes smaller than this many pixels "
                           "(default: %(default)s)")
     return parser
+
+
+def check_args(args):
+    if (args.gt_dir is None) != (args.pred_dir is None):
+        raise UserError("--gt-dir and --pred-dir go together (ground truth and model B's masks)")
+    if args.points_per_side < 1:
+        raise UserError(f"--points-per-side must be >= 1, got {args.points_per_side}")
+    if args.points_per_batch is not None and args.points_per_batch < 1:
+        raise UserError(f"--points-per-batch must be >= 1, got {args.points_per_batch}")
+    if args.min_mask_region_area < 0 or args.crop_n_layers < 0:
+        raise UserError("--min-mask-region-area and --crop-n-layers must be >= 0")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,30 +335,6 @@ def build_sam_model(model_type="vit_h", checkpoint=None, device="cpu"):
     return model.eval()
 
 
-def tiny_sam(img_size=64, embed_dim=32, prompt_dim=32, seed=0):
-    """A randomly initialised SAM small enough for CPU tests and bench.py --device cpu:
-    segment_anything's _build_sam with every size shrunk, a 2-block ViT on 64 px (4x4 tokens,
-    one windowed block and one global one), the real prompt encoder and mask decoder."""
-    torch.manual_seed(seed)
-    tokens = img_size // 16
-    return Sam(
-        image_encoder=ImageEncoderViT(
-            depth=2, embed_dim=embed_dim, img_size=img_size, mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=2, patch_size=16,
-            qkv_bias=True, use_rel_pos=True, global_attn_indexes=[1], window_size=2,
-            out_chans=prompt_dim),
-        prompt_encoder=PromptEncoder(
-            embed_dim=prompt_dim, image_embedding_size=(tokens, tokens),
-            input_image_size=(img_size, img_size), mask_in_chans=4),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=1, embedding_dim=prompt_dim, mlp_dim=64,
-                                          num_heads=2),
-            transformer_dim=prompt_dim, iou_head_depth=2, iou_head_hidden_dim=32),
-        pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375],
-    ).eval()
-
-
 def autocast_sam(model, context):
     """Run SAM's image encoder and mask decoder under `context()` and return float32 from both.
 
@@ -401,11 +383,43 @@ def amg_kwargs(args, device):
     }
 
 
+def load_generator(args, device, model=None):
+    """SamAutomaticMaskGenerator at the AMG flags, and the settings recorded with the comparison.
+
+    `model` (a segment_anything Sam) replaces the checkpoint (tests). SAM's two networks run
+    under bf16 autocast on CUDA with --amp (autocast_sam).
+    """
+    if model is None:
+        model = build_sam_model(args.model_type, args.checkpoint, device)
+        name = f"SAM {args.model_type} ({Path(args.checkpoint).name})"
+    else:
+        model = model.to(device).eval()
+        name = f"SAM given by the caller ({type(model).__name__})"
+    autocast_sam(model, lambda: utils.autocast(device, args.amp))
+    kwargs = amg_kwargs(args, device)
+    settings = {"model": name, **kwargs, "amp": args.amp and device.type == "cuda",
+                "device": str(device)}
+    return SamAutomaticMaskGenerator(model, output_mode="binary_mask", **kwargs), settings
+
+
 def generate_masks(generator, image):
     """Mask records of an (H, W, 3) uint8 image, largest area first (stable)."""
     records = generator.generate(image)
     records.sort(key=lambda r: r["area"], reverse=True)
     return records
+
+
+def timed_masks(generator, image, path, device):
+    """(generate_masks of `image`, seconds); running out of GPU memory is one line."""
+    t0 = time.perf_counter()
+    try:
+        found = generate_masks(generator, image)
+    except torch.OutOfMemoryError:
+        raise UserError(f"out of GPU memory on {path}; lower --points-per-batch "
+                        f"(now {generator.points_per_batch})") from None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the time of the work, not of its launch
+    return found, time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,7 +490,7 @@ def tile_figure(rows, path, max_height=512):
         y += height + caption_h + pad
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    utils.save_image(path, canvas)
+    data.save_image(path, canvas)
     return path
 
 
@@ -516,15 +530,49 @@ def write_masks_to_folder(records, folder):
                              r["stability_score"], *r["crop_box"]])
 
 
+def write_image_outputs(out, i, image, found, args):
+    """`{i}_sam.png`, and with --save-masks / --json the masks as amg.py writes them; returns
+    the overlay."""
+    overlay = draw_overlay(image, [r["segmentation"] for r in found], args.alpha, args.seed)
+    data.save_image(out / f"{i}_sam.png", overlay)
+    if args.save_masks:
+        write_masks_to_folder(found, out / "masks" / i)
+    if args.json:
+        write_json(out / f"{i}_sam.json", mask_records_json(found))
+    return overlay
+
+
+def write_figures(figure, comparison_figure, shown):
+    """The overlays of `shown` ({id: view}, in figure order) side by side at `figure`; for the
+    scored ones, rows of image / ground truth / model B / SAM / relabelled at `comparison_figure`.
+    """
+    if not shown:
+        return
+    tile_figure([[(f"{i} ({_count(v['masks'], 'mask')})", v["overlay"])
+                  for i, v in shown.items()]], figure)
+    print(f"figure: {figure}")
+    rows = [[(f"{i} image", v["image"]),
+             ("ground truth", data.classes_to_rgb(v["gt"])),
+             ("model B", data.classes_to_rgb(v["pred"])),
+             (f"SAM ({_count(v['masks'], 'mask')})", v["overlay"]),
+             ("model B relabelled by SAM", data.classes_to_rgb(v["relabelled"]))]
+            for i, v in shown.items() if "gt" in v]
+    if rows:
+        tile_figure(rows, comparison_figure)
+
+
 # ---------------------------------------------------------------------------------------------
-# SAM against model B (pure functions on numpy arrays)
+# SAM against model B: each number is defined by the first paragraph of the docstring of the
+# code computing it; definitions() hands that text to the JSON and the markdown
 # ---------------------------------------------------------------------------------------------
 def mask_purity(masks, gt, return_counts=False):
-    """Class purity of masks against a (H, W) class map `gt`.
+    """Class purity of SAM's masks against ground truth: sum_m max_c |m & GT_c| / sum_m |m| over
+    all masks m of all scored images, c over the 7 classes (Unknown included: a mask lying on
+    Unknown ground truth is pure); overlapping masks each count in full. 1.0 means that no mask
+    straddles a class border.
 
-    purity = sum_m max_c |m & GT_c| / sum_m |m|, c over all NUM_CLASSES classes; each mask
-    counts in full even where masks overlap. NaN when the masks cover nothing. With
-    `return_counts`, the (numerator, denominator) pixel counts, for pooling over images.
+    For one (H, W) class map `gt`; NaN when the masks cover nothing. With `return_counts`, the
+    (numerator, denominator) pixel counts, which the summary adds up over images.
     """
     gt = np.asarray(gt)
     pure = total = 0
@@ -538,15 +586,28 @@ def mask_purity(masks, gt, return_counts=False):
             total += int(inside.size)
     if return_counts:
         return pure, total
-    return pure / total if total else float("nan")
+    return _ratio(pure, total)
+
+
+def covered_pixels(masks, shape):
+    """Coverage: the fraction of pixels under at least one SAM mask, over all pixels of all
+    scored images.
+
+    Returns the count of one image of (H, W) `shape`; the summary divides the sum by the pixels.
+    """
+    covered = np.zeros(shape, dtype=bool)
+    for m in masks:
+        covered |= np.asarray(m, dtype=bool)
+    return int(covered.sum())
 
 
 def relabel_with_masks(masks, pred):
-    """Model B's class map `pred` (H, W) with every SAM mask set to pred's majority class in it.
+    """Model B relabelled by SAM masks: each SAM mask takes model B's majority class over the
+    whole mask (ties -> the lower class index); masks are painted largest first, so where masks
+    overlap the smallest one wins (as in the overlay); pixels under no mask keep model B's class.
 
-    The majority is taken over the whole mask in the original `pred` (ties -> lower class
-    index). Masks are painted largest first (paint_order, as in the overlay), so where masks
-    overlap the smaller one wins; pixels under no mask keep pred's class.
+    `pred` is model B's (H, W) class map; every majority is taken in the original `pred`.
+    Returns the relabelled copy.
     """
     pred = np.asarray(pred)
     out = pred.copy()
@@ -559,91 +620,126 @@ def relabel_with_masks(masks, pred):
     return out
 
 
+def definitions():
+    """{key of sam_vs_model_b.json: its definition}, quoted from the docstring of the code that
+    computes it (its first paragraph; all of metrics.ConfusionMatrix's for the mIoU)."""
+    return {"purity": _doc(mask_purity), "coverage": _doc(covered_pixels),
+            "sam_relabelled": _doc(relabel_with_masks), "miou": _doc(ConfusionMatrix, None)}
+
+
+def _doc(obj, paragraphs=1):
+    text = inspect.cleandoc(obj.__doc__ or "")  # empty under python -OO
+    return " ".join(" ".join(text.split("\n\n")[:paragraphs]).split())
+
+
+class Comparison:
+    """SAM's masks against model B, added up image by image; summary() is sam_vs_model_b.json."""
+
+    def __init__(self):
+        self.cm_b, self.cm_sam = ConfusionMatrix(), ConfusionMatrix()  # model B, relabelled
+        self.pure = self.total = 0  # mask_purity's counts
+        self.per_image = []
+
+    def add(self, i, masks, gt, pred):
+        """Score image `i`: (its row of per_image, model B's `pred` relabelled by `masks`)."""
+        gt, pred = np.asarray(gt), np.asarray(pred)  # (H, W) class indices each
+        relabelled = relabel_with_masks(masks, pred)
+        self.cm_b.update(gt, pred)
+        self.cm_sam.update(gt, relabelled)
+        pure, total = mask_purity(masks, gt, return_counts=True)
+        self.pure, self.total = self.pure + pure, self.total + total
+        row = {"id": i, "masks": len(masks), "purity": _num(_ratio(pure, total)),
+               "pixels": int(gt.size), "covered_pixels": covered_pixels(masks, gt.shape),
+               "changed_pixels": int((relabelled != pred).sum())}
+        self.per_image.append(row)
+        return row, relabelled
+
+    def summary(self, settings):
+        rows = self.per_image
+        scores = {key: {"miou": _num(cm.miou()), "iou": cm.per_class(SCORED_CLASSES),
+                        "pixel_accuracy": _num(cm.pixel_accuracy())}
+                  for key, cm in (("model_b", self.cm_b), ("sam_relabelled", self.cm_sam))}
+        return {"images": len(rows), "masks": sum(r["masks"] for r in rows),
+                "purity": _num(_ratio(self.pure, self.total)),
+                "coverage": _num(_ratio(sum(r["covered_pixels"] for r in rows),
+                                        sum(r["pixels"] for r in rows))),
+                **scores, "definitions": definitions(), "settings": settings, "per_image": rows}
+
+
+def score_image(comparison, i, masks, pair, image_path, shape):
+    """Add image `i` to `comparison`; returns (its log fields, its class maps for the figure),
+    or None when its ground truth or model B's mask cannot be read (said, and the run goes on).
+    A class map of another size than its image stops the run."""
+    try:
+        gt, pred = (data.read_mask(p) for p in pair)
+    except UserError as e:
+        print(f"{image_path.name} not scored: {e.message}", file=sys.stderr)
+        return None
+    for name, arr in zip(pair, (gt, pred)):
+        if arr.shape != shape:
+            raise UserError(f"{name} is {arr.shape[1]}x{arr.shape[0]}, its image {image_path} "
+                            f"{shape[1]}x{shape[0]}")
+    row, relabelled = comparison.add(i, masks, gt, pred)
+    return row, {"gt": gt, "pred": pred, "relabelled": relabelled}
+
+
+def comparison_markdown(summary):
+    """sam_vs_model_b.md: the mIoU table, the pooled numbers and their definitions, as
+    RESULTS.md includes it."""
+    names = CLASS_NAMES[:SCORED_CLASSES]
+    lines = ["| prediction | mIoU | " + " | ".join(names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for key, label in ROWS.items():
+        s = summary[key]
+        lines.append(f"| {label} | {_fmt(s['miou'])} | "
+                     + " | ".join(_fmt(s["iou"][n]) for n in names) + " |")
+    st = summary["settings"]
+    lines += ["",
+              f"{summary['images']} image(s), {summary['masks']} SAM masks ({st['model']}, "
+              f"points per side {st['points_per_side']}, pred IoU thresh "
+              f"{st['pred_iou_thresh']}, min mask region area {st['min_mask_region_area']}); "
+              f"mask class purity against ground truth {_fmt(summary['purity'])}, pixels under "
+              f"a mask {_fmt(summary['coverage'])}.",
+              "", "Definitions (from the code, as in sam_vs_model_b.json):", ""]
+    lines += [f"- {key}: {text}" for key, text in summary["definitions"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(out, summary):
+    write_json(out / "sam_vs_model_b.json", summary)
+    atomic_write_bytes(out / "sam_vs_model_b.md", comparison_markdown(summary).encode())
+    print(f"SAM vs model B on {summary['images']} image(s): purity {summary['purity']}, "
+          f"mIoU model B {summary['model_b']['miou']}, relabelled "
+          f"{summary['sam_relabelled']['miou']} -> {out / 'sam_vs_model_b.md'}")
+
+
+def _ratio(a, b):
+    return a / b if b else float("nan")
+
+
 def _num(x, digits=6):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, digits)
 
 
-def comparison_summary(cm_b, cm_sam, pure, total, per_image, settings):
-    n_masks = sum(r["masks"] for r in per_image)
-    pixels = sum(r["pixels"] for r in per_image)
-    covered = sum(r["covered_pixels"] for r in per_image)
-    return {
-        "images": len(per_image),
-        "masks": n_masks,
-        "purity": _num(pure / total if total else float("nan")),
-        "coverage": _num(covered / pixels if pixels else float("nan")),
-        "model_b": {"miou": _num(cm_b.miou()), "iou": cm_b.per_class(SCORED_CLASSES),
-                    "pixel_accuracy": _num(cm_b.pixel_accuracy())},
-        "sam_relabelled": {"miou": _num(cm_sam.miou()), "iou": cm_sam.per_class(SCORED_CLASSES),
-                           "pixel_accuracy": _num(cm_sam.pixel_accuracy())},
-        "definitions": {
-            "purity": "sum_m max_c |m & GT_c| / sum_m |m| over all SAM masks of all images, "
-                      "c over classes 0..6",
-            "coverage": "fraction of pixels under at least one SAM mask",
-            "sam_relabelled": "each SAM mask set to model B's majority class inside it, masks "
-                              "painted largest first (smaller wins), uncovered pixels keep "
-                              "model B's class",
-            "miou": "classes 0..5 over all pixels of all images at once; Unknown-truth pixels "
-                    "predicted as class i are false positives of i; a class absent from truth "
-                    "and prediction is left out of the mean",
-        },
-        "settings": settings,
-        "per_image": per_image,
-    }
-
-
-def comparison_markdown(summary):
-    names = CLASS_NAMES[:SCORED_CLASSES]
-
-    def fmt(v):
-        return "n/a" if v is None else f"{v:.4f}"
-
-    lines = ["| prediction | mIoU | " + " | ".join(names) + " |",
-             "|---|---|" + "---|" * len(names)]
-    for key, label in (("model_b", "model B"),
-                       ("sam_relabelled", "model B relabelled by SAM masks")):
-        s = summary[key]
-        lines.append(f"| {label} | {fmt(s['miou'])} | "
-                     + " | ".join(fmt(s["iou"][n]) for n in names) + " |")
-    st = summary["settings"]
-    lines += ["",
-              f"{summary['images']} image(s), {summary['masks']} SAM masks "
-              f"({st['model']}, points per side {st['points_per_side']}, pred IoU thresh "
-              f"{st['pred_iou_thresh']}, min mask region area {st['min_mask_region_area']}).",
-              f"SAM mask class purity against ground truth: {fmt(summary['purity'])} "
-              "(sum_m max_c |m & GT_c| / sum_m |m|); pixels under at least one mask: "
-              f"{fmt(summary['coverage'])}.",
-              "Relabelled: each SAM mask takes model B's majority class inside it, largest mask "
-              "first so smaller masks win overlaps; uncovered pixels keep model B's class. "
-              "mIoU over all pixels of all images at once, classes 0..5.", ""]
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# main
-# ---------------------------------------------------------------------------------------------
-def check_args(args):
-    if (args.gt_dir is None) != (args.pred_dir is None):
-        raise UserError("--gt-dir and --pred-dir go together (ground truth and model B's masks)")
-    if args.points_per_side < 1:
-        raise UserError(f"--points-per-side must be >= 1, got {args.points_per_side}")
-    if args.points_per_batch is not None and args.points_per_batch < 1:
-        raise UserError(f"--points-per-batch must be >= 1, got {args.points_per_batch}")
-    if args.min_mask_region_area < 0 or args.crop_n_layers < 0:
-        raise UserError("--min-mask-region-area and --crop-n-layers must be >= 0")
-    if not 0.0 <= args.alpha <= 1.0:
-        raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")
+def _fmt(v):
+    return "n/a" if v is None else f"{v:.4f}"
 
 
 def _count(n, noun):
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def print_speed(seconds, device):
+    if seconds:
+        msg = f"{len(seconds)} image(s), {sum(seconds) / len(seconds):.2f} s/image on {device}"
+        if len(seconds) > 1:
+            msg += f" ({sum(seconds[1:]) / (len(seconds) - 1):.2f} s/image without the first)"
+        print(msg)
 
 
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
 def main(args, model=None):
     """Segment every input; `model` (a segment_anything Sam) replaces the checkpoint (tests)."""
     check_args(args)
@@ -651,121 +747,48 @@ def main(args, model=None):
     utils.seed_everything(args.seed)
     utils.setup_precision(device)
     files = list_inputs(args.input, args.ids)
-    ids = [image_id(f) for f in files]
     pairs = comparison_pairs(files, args.gt_dir, args.pred_dir) if args.gt_dir else {}
-    figure_ids = list(args.figure_ids or args.ids or ids[:3])
-    out = utils.prepare_output_dir(args.output_dir, args, overwrite=True, marker="sam_log.jsonl")
+    figure_ids = args.figure_ids or args.ids or [image_id(f) for f in files[:3]]
+    out = training.prepare_output_dir(args.output_dir, args, overwrite=True, marker=LOG_FILE)
     if args.figure is not None:  # checked now, not after every image is segmented
         utils.writable_dir(Path(args.figure).parent, "--figure")
+    generator, settings = load_generator(args, device, model)
+    training.print_run_header(args, device, batch_size=settings["points_per_batch"])
+    print(f"{settings['model']} | {'bf16 autocast' if settings['amp'] else 'fp32'} | "
+          f"{len(files)} image(s)")
 
-    # ------------------------------------------------------------------ model
-    if model is None:
-        model = build_sam_model(args.model_type, args.checkpoint, device)
-        model_name = f"SAM {args.model_type} ({Path(args.checkpoint).name})"
-    else:
-        model = model.to(device).eval()
-        model_name = f"SAM given by the caller ({type(model).__name__})"
-    autocast_sam(model, lambda: utils.autocast(device, args.amp))
-    kwargs = amg_kwargs(args, device)
-    generator = SamAutomaticMaskGenerator(model, output_mode="binary_mask", **kwargs)
-    utils.print_run_header(args, device, batch_size=kwargs["points_per_batch"])
-    amp_on = args.amp and device.type == "cuda"
-    print(f"{model_name} | {'bf16 autocast' if amp_on else 'fp32'} | {len(files)} image(s)")
-
-    # ------------------------------------------------------------------ images
-    cm_b, cm_sam = ConfusionMatrix(), ConfusionMatrix()
-    pure = total = 0
-    per_image, shown, failed, seconds = [], {}, [], []
+    comparison, views, failed, seconds = Comparison(), {}, [], []
     for k, path in enumerate(files, 1):
         i = image_id(path)
         try:
-            image = np.asarray(utils.load_rgb(path))  # (H, W, 3) uint8
+            image = np.asarray(data.load_rgb(path))  # (H, W, 3) uint8
         except UserError as e:
             print(f"[{k}/{len(files)}] skipping {path}: {e.message}", file=sys.stderr)
             failed.append(str(path))
             continue
-        t0 = time.perf_counter()
-        try:
-            records = generate_masks(generator, image)
-        except torch.OutOfMemoryError:
-            raise UserError(f"out of GPU memory on {path}; lower --points-per-batch "
-                            f"(now {kwargs['points_per_batch']})") from None
-        _sync(device)
-        dt = time.perf_counter() - t0
+        found, dt = timed_masks(generator, image, path, device)
+        masks = [r["segmentation"] for r in found]  # (H, W) bool each, largest first
+        view = {"image": image, "masks": len(masks),
+                "overlay": write_image_outputs(out, i, image, found, args)}
+        line = {"id": i, "file": str(path), "masks": len(masks), "seconds": round(dt, 4)}
+        print(f"[{k}/{len(files)}] {path.name}: {_count(len(masks), 'mask')} in {dt:.2f} s")
         seconds.append(dt)
-        masks = [r["segmentation"] for r in records]
-        overlay = draw_overlay(image, masks, args.alpha, args.seed)
-        utils.save_image(out / f"{i}_sam.png", overlay)
-        if args.save_masks:
-            write_masks_to_folder(records, out / "masks" / i)
-        if args.json:
-            utils.write_json(out / f"{i}_sam.json", mask_records_json(records))
-        line = {"id": i, "file": str(path), "masks": len(records), "seconds": round(dt, 4)}
-        print(f"[{k}/{len(files)}] {path.name}: {_count(len(records), 'mask')} in {dt:.2f} s")
-
-        view = {"image": image, "overlay": overlay, "masks": len(records)}
         if i in pairs:
-            gt_path, pred_path = pairs[i]
-            try:
-                gt, pred = utils.read_mask(gt_path), utils.read_mask(pred_path)
-            except UserError as e:
-                print(f"[{k}/{len(files)}] not scored: {e.message}", file=sys.stderr)
-                failed.append(f"{gt_path} / {pred_path}")
-                gt = pred = None
-            if gt is not None:
-                for name, arr in ((gt_path, gt), (pred_path, pred)):
-                    if arr.shape != image.shape[:2]:
-                        raise UserError(f"{name} is {arr.shape[1]}x{arr.shape[0]}, its image "
-                                        f"{path} {image.shape[1]}x{image.shape[0]}")
-                relabelled = relabel_with_masks(masks, pred)
-                cm_b.update(gt, pred)
-                cm_sam.update(gt, relabelled)
-                p, t = mask_purity(masks, gt, return_counts=True)
-                pure, total = pure + p, total + t
-                covered = (np.any(np.stack(masks), axis=0).sum() if masks else 0)
-                line.update(purity=_num(p / t if t else float("nan")),
-                            covered_pixels=int(covered), pixels=int(gt.size),
-                            changed_pixels=int((relabelled != pred).sum()))
-                per_image.append({k2: line[k2] for k2 in ("id", "masks", "purity", "pixels",
-                                                          "covered_pixels", "changed_pixels")})
-                view.update(gt=gt, pred=pred, relabelled=relabelled)
-        utils.append_jsonl(out / "sam_log.jsonl", line)
+            scored = score_image(comparison, i, masks, pairs[i], path, image.shape[:2])
+            if scored is None:
+                failed.append(" / ".join(map(str, pairs[i])))
+            else:
+                line.update(scored[0])
+                view.update(scored[1])
+        append_jsonl(out / LOG_FILE, line)
         if i in figure_ids:
-            shown[i] = view
+            views[i] = view
 
-    # ------------------------------------------------------------------ figures, tables
-    order = [i for i in figure_ids if i in shown]
-    if order:
-        figure = args.figure or out / "sam_figure.png"
-        tile_figure([[(f"{i} ({_count(shown[i]['masks'], 'mask')})", shown[i]["overlay"])
-                      for i in order]],
-                    figure)
-        print(f"figure: {figure}")
-    if pairs and per_image:
-        settings = {"model": model_name, **kwargs, "amp": amp_on, "device": str(device)}
-        summary = comparison_summary(cm_b, cm_sam, pure, total, per_image, settings)
-        utils.write_json(out / "sam_vs_model_b.json", summary)
-        utils.atomic_write_bytes(out / "sam_vs_model_b.md",
-                                 comparison_markdown(summary).encode())
-        rows = []
-        for i in order:
-            v = shown[i]
-            if "gt" in v:
-                rows.append([(f"{i} image", v["image"]),
-                             ("ground truth", utils.classes_to_rgb(v["gt"])),
-                             ("model B", utils.classes_to_rgb(v["pred"])),
-                             (f"SAM ({_count(v['masks'], 'mask')})", v["overlay"]),
-                             ("model B relabelled by SAM", utils.classes_to_rgb(v["relabelled"]))])
-        if rows:
-            tile_figure(rows, out / "sam_vs_model_b.png")
-        print(f"SAM vs model B on {summary['images']} image(s): purity {summary['purity']}, "
-              f"mIoU model B {summary['model_b']['miou']}, relabelled "
-              f"{summary['sam_relabelled']['miou']} -> {out / 'sam_vs_model_b.md'}")
-    if seconds:
-        msg = f"{len(seconds)} image(s), {sum(seconds) / len(seconds):.2f} s/image on {device}"
-        if len(seconds) > 1:
-            msg += f" ({sum(seconds[1:]) / (len(seconds) - 1):.2f} s/image without the first)"
-        print(msg)
+    write_figures(args.figure or out / "sam_figure.png", out / "sam_vs_model_b.png",
+                  {i: views[i] for i in figure_ids if i in views})
+    if comparison.per_image:
+        write_comparison(out, comparison.summary(settings))
+    print_speed(seconds, device)
     print(json.dumps({"output_dir": str(out), "images": len(seconds), "skipped": len(failed)}))
     if failed:
         raise UserError(f"{len(failed)} input(s) could not be read and were skipped: "

@@ -2,7 +2,7 @@
 
     python p2_train_deeplabv3.py --data-dir hw1_data/p2_data --output-dir runs/p2_deeplabv3
     python p2_train_deeplabv3.py --data-dir hw1_data/p2_data --output-dir runs/p2_deeplabv3_r101 \
-        --arch resnet101
+        --recipe strong
     python p2_train_deeplabv3.py --data-dir hw1_data/p2_data --output-dir runs/p2_deeplabv3 --resume
     python p2_train_deeplabv3.py --data-dir demo_data/p2_data --output-dir /tmp/dl_smoke \
         --overwrite --arch mobilenet_v3_large --no-pretrained --epochs 2 --image-size 64
@@ -16,46 +16,27 @@ last 1x1 layer of both heads replaced for 7 classes (default); imagenet = backbo
 --no-pretrained = random. Nothing is downloaded unless asked for: weights_backbone is None
 whenever ImageNet backbone weights are not the chosen start.
 
-Defaults aim at the public best (0.762 val mIoU): AdamW lr 1e-4, weight decay 1e-2, cosine
-schedule with a one-epoch warm-up, focal loss (gamma 2), flips, 90-degree rotations and
-scale-crops, 100 epochs of batch 8 at 512 px. Loop, flags and outputs: see p2_common.py.
+Two recipes (recipes.py): `--recipe report` (the default) is the report's run, ResNet50 from
+COCO-VOC weights, focal loss with class weights 2,1,5,1,1,1,1, AdamW 3e-4, batch 30, 100
+epochs, flips, quarter turns and colour, fp32; `--recipe strong` is the best public run
+(ResNet101, focal alpha 0.25, Adam 1e-4, plateau schedule, batch 8, flips). Any flag overrides
+its recipe. Loop, flags and outputs: see p2_engine.py; the network is built by
+p2_common.build_deeplabv3.
 """
 
-import argparse
-
-from torch import nn
-from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, ResNet101_Weights
-from torchvision.models.segmentation import (
-    DeepLabV3_MobileNet_V3_Large_Weights,
-    DeepLabV3_ResNet50_Weights,
-    DeepLabV3_ResNet101_Weights,
-    deeplabv3_mobilenet_v3_large,
-    deeplabv3_resnet50,
-    deeplabv3_resnet101,
-)
-
-from p2_common import add_common_args, pretrained_download, train
-from utils import NUM_CLASSES
-
-# arch -> (builder, COCO-VOC segmentation weights, ImageNet backbone weights)
-ARCHS = {
-    "resnet50": (deeplabv3_resnet50, DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1,
-                 ResNet50_Weights.IMAGENET1K_V1),
-    "resnet101": (deeplabv3_resnet101, DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
-                  ResNet101_Weights.IMAGENET1K_V1),
-    "mobilenet_v3_large": (deeplabv3_mobilenet_v3_large,
-                           DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
-                           MobileNet_V3_Large_Weights.IMAGENET1K_V1),
-}
+import recipes
+import utils
+from p2_common import ARCHS
+from p2_engine import add_common_args, train
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = recipes.RecipeParser(
+        "p2_train_deeplabv3", formatter_class=utils.HelpFormatter,
         description="Train torchvision DeepLabV3 (model B) for 7-class land-cover segmentation. "
-                    "Defaults: ResNet50 from COCO-VOC weights, AdamW lr 1e-4, cosine schedule "
-                    "with a one-epoch warm-up, focal loss, aux loss 0.4, batch 8 at 512 px, "
-                    "100 epochs.")
+                    "Defaults: --recipe report (ResNet50 from COCO-VOC weights, focal loss "
+                    "gamma 2 with class weights 2,1,5,1,1,1,1, AdamW 3e-4, weight decay 1e-5, "
+                    "batch 30, 100 epochs, flips, quarter turns, colour, fp32).")
     add_common_args(parser)
     g = parser.add_argument_group("model B")
     g.add_argument("--arch", choices=sorted(ARCHS), default="resnet50",
@@ -65,42 +46,12 @@ def get_args_parser():
                         "layers); imagenet: backbone only. --no-pretrained overrides both")
     g.add_argument("--aux-weight", type=float, default=0.4,
                    help="weight of the auxiliary head's loss (torchvision's reference uses 0.5)")
-    parser.set_defaults(model_name="deeplabv3", optimizer="adamw", lr=1e-4, weight_decay=1e-2,
-                        schedule="cosine", loss="focal", epochs=100)
+    parser.set_defaults(model_name="deeplabv3")
     return parser
 
 
-def replace_last_layer(head, num_classes):
-    """Swap the final 1x1 conv of a torchvision DeepLabHead/FCNHead for a `num_classes` one."""
-    old = head[-1]
-    head[-1] = nn.Conv2d(old.in_channels, num_classes, 1)
-    return head
-
-
-def build_model(cfg, load_pretrained=True):
-    """DeepLabV3 from a run's args (dict or Namespace). `load_pretrained` False (inference,
-    --resume) builds the same layers with no weights fetched: the checkpoint has them all."""
-    cfg = cfg if isinstance(cfg, dict) else vars(cfg)
-    arch = cfg.get("arch", "resnet50")
-    if arch not in ARCHS:
-        raise ValueError(f"unknown DeepLabV3 arch {arch!r}")
-    builder, seg_weights, backbone_weights = ARCHS[arch]
-    init = cfg.get("init", "coco") if load_pretrained and cfg.get("pretrained", True) else None
-    if init == "coco":
-        with pretrained_download(f"COCO-VOC DeepLabV3-{arch}"):
-            model = builder(weights=seg_weights, weights_backbone=None, aux_loss=True)
-        replace_last_layer(model.classifier, NUM_CLASSES)
-        replace_last_layer(model.aux_classifier, NUM_CLASSES)
-        return model
-    if init == "imagenet":
-        with pretrained_download(f"ImageNet {arch}"):
-            return builder(weights=None, weights_backbone=backbone_weights,
-                           num_classes=NUM_CLASSES, aux_loss=True)
-    return builder(weights=None, weights_backbone=None, num_classes=NUM_CLASSES, aux_loss=True)
-
-
 def main(args):
-    return train(args, build_model)
+    return train(args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce every experiment of the homework, then write RESULTS.md.
 #
-#   bash reproduce.sh                        # real data in hw1_data/: the full recipes (GPU)
+#   bash reproduce.sh                        # real data in hw1_data/: the report's recipe (GPU)
+#   bash reproduce.sh --recipe strong        # the strongest known run per cell (recipes.py)
 #   bash reproduce.sh --demo                 # procedural demo data, < 15 min on 2 CPU cores
 #   bash reproduce.sh --scale smoke          # smallest demo (CI), < 3 min on 2 CPU cores
 #   bash reproduce.sh --force                # redo the steps that are already finished
@@ -27,8 +28,12 @@ PY=${PYTHON:-python3}
 
 usage() {
   cat <<'EOF'
-usage: bash reproduce.sh [--demo] [--scale smoke|demo] [--out DIR] [--runs DIR] [--data DIR]
-                         [--sam-checkpoint PATH] [--force] [--keep-checkpoints] [--dry-run]
+usage: bash reproduce.sh [--recipe report|strong] [--demo] [--scale smoke|demo] [--out DIR]
+                         [--runs DIR] [--data DIR] [--sam-checkpoint PATH] [--force]
+                         [--keep-checkpoints] [--dry-run]
+
+  --recipe NAME       report (default): the report's run, quirks included; strong: the
+                      strongest known run per cell. recipes.py holds both, with the reasons
 
   --demo              run the whole chain on make_demo_data.py output even if hw1_data/ exists
                       (the demo is also what runs when the real data is missing)
@@ -36,7 +41,8 @@ usage: bash reproduce.sh [--demo] [--scale smoke|demo] [--out DIR] [--runs DIR] 
                       minutes on 2 CPU cores), demo = a bigger one (< 15 min on 2 CPU cores);
                       default demo
   --out DIR           results: RESULTS.md, timings.json, p1_table.json, masks, scores
-                      (default results/ for the real data, results/demo-SCALE/ for the demo)
+                      (default results/ for the real data, results/demo-SCALE/ for the demo;
+                      with --recipe strong, results-strong/ and results/demo-SCALE-strong/)
   --runs DIR          run folders (default runs/ with the real data and the default --out,
                       else OUT/runs)
   --data DIR          the real hw1_data folder (default hw1_data)
@@ -52,6 +58,7 @@ EOF
 }
 
 # ------------------------------------------------------------------------------- options
+RECIPE=report
 DEMO=0
 SCALE=""
 OUT=""
@@ -63,6 +70,7 @@ KEEP_CKPT=0
 DRY=0
 while [ $# -gt 0 ]; do
   case "$1" in
+    --recipe) RECIPE=${2:?--recipe needs report or strong}; shift ;;
     --demo) DEMO=1 ;;
     --scale) SCALE=${2:?--scale needs smoke or demo}; DEMO=1; shift ;;
     --out) OUT=${2:?--out needs a folder}; shift ;;
@@ -80,6 +88,11 @@ done
 case "${SCALE:-demo}" in
   smoke|demo) ;;
   *) echo "error: --scale must be smoke or demo, not $SCALE" >&2; exit 2 ;;
+esac
+case "$RECIPE" in
+  report) SUFFIX="" ;;
+  strong) SUFFIX=-strong ;;
+  *) echo "error: --recipe must be report or strong, not $RECIPE" >&2; exit 2 ;;
 esac
 
 # Paths given relative to the caller's folder; shown relative to the repository when inside it.
@@ -106,7 +119,7 @@ fi
 if [ "$DEMO" = 1 ]; then
   SCALE=${SCALE:-demo}
   MODE=demo
-  OUT=${OUT:-results/demo-$SCALE}
+  OUT=${OUT:-results/demo-$SCALE$SUFFIX}
   RUNS=${RUNS:-$OUT/runs}
   DATA=$OUT/demo_data
   echo "== DEMO: $REAL_REASON."
@@ -116,11 +129,11 @@ if [ "$DEMO" = 1 ]; then
 else
   SCALE=full
   MODE=real
-  OUT=${OUT:-results}
+  OUT=${OUT:-results$SUFFIX}
   if [ -z "$RUNS" ]; then
-    if [ "$OUT" = results ]; then RUNS=runs; else RUNS=$OUT/runs; fi
+    if [ "$OUT" = "results$SUFFIX" ]; then RUNS=runs$SUFFIX; else RUNS=$OUT/runs; fi
   fi
-  echo "== REAL DATA in $DATA: running the full recipes (each script's defaults)."
+  echo "== REAL DATA in $DATA: running the '$RECIPE' recipe (recipes.py)."
 fi
 if [ "$MODE" = demo ]; then
   # CPU threads that wait for work sleep instead of spinning: on a 2-core machine shared with
@@ -135,7 +148,7 @@ VAL=$P2/validation
 [ "$DRY" = 1 ] || mkdir -p "$OUT" "$RUNS"
 
 # ------------------------------------------------------------------------- scale settings
-# Extra flags per script. The real run adds none: each script's defaults are its full recipe.
+# Extra flags per script. The real run adds none but --recipe: the recipe is the whole run.
 # The demo trains at tiny sizes on CPU: ResNet50 at 32 px, both segmentation models at 64/128 px,
 # from random weights (--no-pretrained: no downloads). Model B stays DeepLabV3-ResNet50.
 DATA_ARGS=()
@@ -143,6 +156,7 @@ BYOL_ARGS=()
 FT_ARGS=()
 TSNE_ARGS=()
 SEG_ARGS=()
+DL_ARGS=()
 SAM_ARGS=()
 case "$SCALE" in
   smoke)
@@ -152,6 +166,7 @@ case "$SCALE" in
     BYOL_ARGS=(--epochs 1 --batch-size 8 --image-size 32 --projection-hidden-size 256)
     FT_ARGS=(--epochs 1 --batch-size 8 --image-size 32 --bank-size 40 --warmup-epochs 0)
     SEG_ARGS=(--no-pretrained --epochs 2 --batch-size 4 --image-size 64 --workers 2)
+    DL_ARGS=(--arch resnet50)  # model B stays ResNet50 in the demo, whatever the recipe
     SAM_ARGS=(--ids 0013 0062 0104)
     ;;
   demo)
@@ -163,6 +178,7 @@ case "$SCALE" in
     BYOL_ARGS=(--epochs 6 --batch-size 32 --image-size 32 --projection-hidden-size 1024)
     FT_ARGS=(--epochs 8 --batch-size 32 --image-size 32 --bank-size 40 --warmup-epochs 1)
     SEG_ARGS=(--no-pretrained --epochs 5 --batch-size 4 --image-size 128 --workers 2)
+    DL_ARGS=(--arch resnet50)
     SAM_ARGS=(--ids 0013 0062 0104)
     ;;
 esac
@@ -262,15 +278,15 @@ step_byol() {
     skip "$RUNS/byol finished all its epochs"
     return
   fi
-  run "$PY" p1_pretrain_byol.py --data-dir "$P1/mini/train" --output-dir "$RUNS/byol" \
-    "$mode" "${BYOL_ARGS[@]}"
+  run "$PY" p1_pretrain_byol.py --recipe "$RECIPE" --data-dir "$P1/mini/train" \
+    --output-dir "$RUNS/byol" "$mode" "${BYOL_ARGS[@]}"
   prune "$RUNS/byol/best.pth" "$RUNS/byol/last.pth"
 }
 
 step_finetune() {
   local s mode table=$OUT/p1_table.json all_skip=1 all_new=1
   local -A modes=()
-  local common=(--data-dir "$P1/office" --backbone "$RUNS/byol/backbone.pth"
+  local common=(--recipe "$RECIPE" --data-dir "$P1/office" --backbone "$RUNS/byol/backbone.pth"
                 --sl-backbone "$P1/pretrain_model_SL.pt" --output-dir "$RUNS/p1_finetune"
                 --results-dir "$OUT" "${FT_ARGS[@]}")
   for s in A B C D E; do
@@ -302,8 +318,8 @@ step_finetune() {
       fi
     done
   fi
-  for s in A B D E; do  # C keeps epoch_first.pth and last.pth for the t-SNE
-    prune "$RUNS/p1_finetune/$s/last.pth" "$RUNS/p1_finetune/$s/epoch_first.pth"
+  for s in A B D E; do  # C keeps epoch_001.pth and last.pth for the t-SNE
+    prune "$RUNS/p1_finetune/$s/last.pth" "$RUNS/p1_finetune/$s/epoch_001.pth"
   done
 }
 
@@ -312,24 +328,26 @@ step_tsne() {
     skip "$OUT/p1_tsne_C.png is newer than C/last.pth"
     return
   fi
-  run "$PY" p1_tsne.py --first "$RUNS/p1_finetune/C/epoch_first.pth" \
+  run "$PY" p1_tsne.py --first "$RUNS/p1_finetune/C/epoch_001.pth" \
     --last "$RUNS/p1_finetune/C/last.pth" --data-dir "$P1/office" \
     --output "$OUT/p1_tsne_C.png" "${TSNE_ARGS[@]}"
 }
 
-train_segmentation() {  # train_segmentation SCRIPT RUN_DIR
+train_segmentation() {  # train_segmentation SCRIPT RUN_DIR [EXTRA FLAGS...]
   local script=$1 dir=$2 mode
+  shift 2
   mode=$(train_mode "" "$dir" best.pth)
   if [ "$mode" = skip ]; then
     skip "$dir finished all its epochs"
     return
   fi
-  run "$PY" "$script" --data-dir "$P2" --output-dir "$dir" "$mode" "${SEG_ARGS[@]}"
+  run "$PY" "$script" --recipe "$RECIPE" --data-dir "$P2" --output-dir "$dir" "$mode" \
+    "${SEG_ARGS[@]}" "$@"
   prune "$dir/last.pth" "$dir"/epoch_*.pth
 }
 
 step_fcn32s() { train_segmentation p2_train_fcn32s.py "$RUNS/p2_fcn32s"; }
-step_deeplabv3() { train_segmentation p2_train_deeplabv3.py "$RUNS/p2_deeplabv3"; }
+step_deeplabv3() { train_segmentation p2_train_deeplabv3.py "$RUNS/p2_deeplabv3" "${DL_ARGS[@]}"; }
 
 evaluate_model() {  # evaluate_model A|B RUN_DIR: validation masks, then the course's mIoU
   local model=$1 dir=$2
@@ -363,6 +381,7 @@ step_sam() {
 # ---------------------------------------------------------------------------------- main
 if [ "$DRY" = 0 ]; then
   "$PY" results_report.py --out "$OUT" --record-run --mode "$MODE" --scale "$SCALE" \
+    --recipe "$RECIPE" \
     --data-root "$DATA" --runs-dir "$RUNS" --reason "$REAL_REASON" --force-run "$FORCE"
 fi
 

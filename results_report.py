@@ -16,7 +16,7 @@ Inputs, relative to --out (OUT) and the run folder (RUNS, from reproduce.json or
     OUT/p1_table.json                 p1_finetune.py's settings A-E
     OUT/p2_{A,B}_scores.json          p2_evaluate.py --json on the written validation masks
     RUNS/p2_{fcn32s,deeplabv3}/log.jsonl   the best epoch's val mIoU and per-class IoU
-    RUNS/sam_vs_b/sam_vs_model_b.json p2_sam.py's SAM-vs-model-B comparison (when SAM ran)
+    RUNS/sam_vs_b/sam_vs_model_b.md   p2_sam.py's SAM-vs-model-B table, included as it is
     OUT/timings.json                  {step: {status, seconds, command, note, finished}}
     figures: RUNS/byol/loss.png, OUT/p1_tsne_C.png, RUNS/p1_finetune/*/curves.png,
              RUNS/p2_*/{curves,snapshots}.png, RUNS/sam_vs_b/{sam_figure,sam_vs_model_b}.png
@@ -32,20 +32,26 @@ torch and the model scripts are imported when the architecture tables are built.
 """
 
 import argparse
+import csv
 import datetime
-import json
 import math
 import os
 import platform
-import subprocess
 from pathlib import Path
 
+from records import git_sha, read_json, read_jsonl, write_json
+
 ROOT = Path(__file__).resolve().parent
+# the scored classes of data.CLASS_NAMES, kept here so that this script never imports torch
+# (reproduce.sh calls it after every step); tests/test_reproduce.py checks that they agree
 SETTINGS = ("A", "B", "C", "D", "E")
 SEG_CLASSES = ("Urban", "Agriculture", "Rangeland", "Forest", "Water", "Barren")  # scored 0..5
 # The report in ../shared/seeds (HW1_SPEC.md, "Numbers to beat"), validation, percent.
 REPORT_ACC = {"A": 45.8, "B": 52.0, "C": 48.5, "D": 37.2, "E": 16.7}
 REPORT_MIOU = {"A": 73.4, "B": 75.9}
+# The best valid public result per cell (HW1_SPEC.md, "Numbers to beat"), validation, percent.
+BEST_ACC = {"A": 52.7, "B": 59.5, "C": 59.9, "D": 37.2, "E": 43.8}
+BEST_MIOU = {"A": 73.4, "B": 76.2}
 MODELS = {  # model letter: (name, run folder under RUNS, training script)
     "A": ("VGG16-FCN32s", "p2_fcn32s", "p2_train_fcn32s.py"),
     "B": ("DeepLabV3-ResNet50", "p2_deeplabv3", "p2_train_deeplabv3.py"),
@@ -104,6 +110,7 @@ def get_args_parser():
                         "an OUT of another mode/scale unless --force-run 1")
     g.add_argument("--mode", choices=["real", "demo"], default="real", help="for --record-run")
     g.add_argument("--scale", default="full", help="for --record-run: full, smoke or demo")
+    g.add_argument("--recipe", default="report", help="for --record-run: report or strong")
     g.add_argument("--data-root", default="hw1_data", help="for --record-run")
     g.add_argument("--reason", default="", help="for --record-run: why the demo runs")
     g.add_argument("--force-run", type=int, default=0, help="for --record-run (reproduce --force)")
@@ -113,36 +120,6 @@ def get_args_parser():
 # ---------------------------------------------------------------------------------------------
 # small helpers
 # ---------------------------------------------------------------------------------------------
-def read_json(path):
-    """The parsed file, or None when it is missing or unreadable."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_json(path, obj):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def read_jsonl(path):
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        return []
-    records = []
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            pass  # a line cut short by a killed run (training resumes past it)
-    return records
-
-
 def pct(v):
     """0.4567 -> '45.7'; missing/NaN -> 'n/a'."""
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
@@ -159,12 +136,6 @@ def link(path, base):
     return f"[{rel}]({rel})" if path.exists() else f"`{rel}` (missing)"
 
 
-def git_sha():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,22 +154,28 @@ def record_step(out, step, status, seconds, command="", note=""):
                      ran_at=old.get("finished") if old.get("status") == "ran"
                      else old.get("ran_at"))
     timings[step] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, timings)
     return timings
 
 
-def record_run(out, mode, scale, data_root, runs_dir, reason="", force=False):
-    """OUT/reproduce.json; an OUT holding a run of another mode or scale is refused (its
+def record_run(out, mode, scale, data_root, runs_dir, reason="", force=False,
+               recipe="report"):
+    """OUT/reproduce.json; an OUT holding a run of another mode, scale or recipe is refused (its
     checkpoints would be resumed with other flags) unless force."""
     path = Path(out) / "reproduce.json"
     old = read_json(path)
-    if old and not force and (old.get("mode"), old.get("scale")) != (mode, scale):
+    if old and not force and (old.get("mode"), old.get("scale"),
+                              old.get("recipe", "report")) != (mode, scale, recipe):
         raise SystemExit(f"error: {out} holds a {old.get('mode')} run at scale "
-                         f"{old.get('scale')}, not {mode}/{scale}; pass --force to redo it "
-                         "there, or choose another --out")
-    info = {"mode": mode, "scale": scale, "data_root": str(data_root), "runs_dir": str(runs_dir),
+                         f"{old.get('scale')} (recipe {old.get('recipe', 'report')}), not "
+                         f"{mode}/{scale} (recipe {recipe}); pass --force to redo it there, or "
+                         "choose another --out")
+    info = {"mode": mode, "scale": scale, "recipe": recipe, "data_root": str(data_root),
+            "runs_dir": str(runs_dir),
             "reason": reason, "started": datetime.datetime.now().isoformat(timespec="seconds"),
             "git_sha": git_sha()}
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, info)
     return info
 
@@ -324,19 +301,18 @@ def build_models(device="meta"):
     """{letter: (name, model)} built by the training scripts with no pretrained weights."""
     import torch
 
-    import p2_train_deeplabv3
-    import p2_train_fcn32s
+    import p2_common
 
     with torch.device(device):
-        return {"A": (MODELS["A"][0], p2_train_fcn32s.build_model({}, load_pretrained=False)),
-                "B": (MODELS["B"][0], p2_train_deeplabv3.build_model(
+        return {"A": (MODELS["A"][0], p2_common.build_fcn32s({}, load_pretrained=False)),
+                "B": (MODELS["B"][0], p2_common.build_deeplabv3(
                     {"arch": "resnet50"}, load_pretrained=False))}
 
 
 def architecture_markdown(input_size=512):
     """Markdown tables of models A and B (layer, output shape, parameters)."""
     lines = [f"Generated by `results_report.py` from the models themselves: each is built by its "
-             f"training script's `build_model(cfg, load_pretrained=False)` and run on a "
+             f"`p2_common.build_model(cfg, load_pretrained=False)` and run on a "
              f"1x3x{input_size}x{input_size} input on PyTorch's meta device (shapes only); "
              "the rows partition the parameters, so they add up to the total "
              "(`sum(p.numel() for p in model.parameters())`). Shapes are N x C x H x W.", ""]
@@ -359,16 +335,17 @@ def p1_section(out, runs):
     lines = ["## Problem 1: BYOL pre-training, fine-tuning A-E", "",
              "Validation accuracy on Office-Home (%), from `p1_table.json` (p1_finetune.py).", "",
              "| setting | backbone pre-training | fine-tuning | val acc, best epoch | "
-             "val acc, last epoch | epochs | report |",
-             "|---|---|---|---|---|---|---|"]
+             "val acc, last epoch | epochs | report | best public |",
+             "|---|---|---|---|---|---|---|---|"]
     for s in SETTINGS:
         r = table.get(s)
         if r is None:
-            lines.append(f"| {s} | | | not run | not run | | {REPORT_ACC[s]} |")
+            lines.append(f"| {s} | | | not run | not run | | {REPORT_ACC[s]} | {BEST_ACC[s]} |")
             continue
         lines.append(f"| {s} | {r['pretraining']} | {r['fine_tuning']} | "
                      f"{pct(r['best_val_acc'])} (epoch {r['best_epoch']}) | "
-                     f"{pct(r['last_val_acc'])} | {r['epochs']} | {REPORT_ACC[s]} |")
+                     f"{pct(r['last_val_acc'])} | {r['epochs']} | {REPORT_ACC[s]} | "
+                     f"{BEST_ACC[s]} |")
     byol = read_jsonl(runs / "byol" / "log.jsonl")
     if byol:
         best = min(byol, key=lambda r: r["loss"])
@@ -394,8 +371,8 @@ def p2_section(out, runs):
              "`p2_evaluate.py` (the course's mIoU: classes 0-5 over all pixels at once), with "
              "per-class IoU; the last column is the training log's best epoch.", "",
              "| model | mIoU | " + " | ".join(SEG_CLASSES) + " | images | training log: best "
-             "epoch (val mIoU) | report mIoU |",
-             "|---|---|" + "---|" * len(SEG_CLASSES) + "---|---|---|"]
+             "epoch (val mIoU) | report mIoU | best public mIoU |",
+             "|---|---|" + "---|" * len(SEG_CLASSES) + "---|---|---|---|"]
     for letter, (name, run, _) in MODELS.items():
         score = read_json(out / f"p2_{letter}_scores.json")
         best = best_epoch(read_jsonl(runs / run / "log.jsonl"))
@@ -406,7 +383,7 @@ def p2_section(out, runs):
             cells = ([iou(score["mean_iou"])] + [iou(score["iou"].get(c)) for c in SEG_CLASSES]
                      + [str(score["images"])])
         lines.append(f"| {letter}: {name} | " + " | ".join(cells)
-                     + f" | {log_text} | {REPORT_MIOU[letter]} |")
+                     + f" | {log_text} | {REPORT_MIOU[letter]} | {BEST_MIOU[letter]} |")
     lines += ["", "A class absent from both truth and prediction would show as n/a and be left "
               "out of the mean (the course scorer gives NaN there).", "", "Figures:", ""]
     for letter, (name, run, _) in MODELS.items():
@@ -416,29 +393,71 @@ def p2_section(out, runs):
     return lines
 
 
+def p1_chance(data_root):
+    """1 / the number of classes in the validation csv (None when it cannot be read)."""
+    try:
+        with open(Path(data_root) / "p1_data" / "office" / "val.csv", newline="") as f:
+            labels = {row["label"] for row in csv.DictReader(f)}
+        return 1.0 / len(labels) if labels else None
+    except (OSError, KeyError):
+        return None
+
+
+def majority_miou(confusion):
+    """The mIoU of predicting the most frequent scored class everywhere, from a confusion matrix
+    (rows: truth): that class gets IoU = its pixels / all pixels, the other scored classes present
+    in the truth 0, the absent ones are left out (as the scorer does)."""
+    truth = [sum(row) for row in confusion]
+    total = sum(truth)
+    scored = truth[:len(SEG_CLASSES)]
+    present = [c for c in scored if c > 0]
+    return (max(scored) / total) / len(present) if total and present else None
+
+
+def learning_section(out, runs, info):
+    """Does each model learn? Its best validation score against chance and its first epoch."""
+    lines = ["## Does each model learn?", "",
+             "Best validation score against its first epoch and chance (P1: 1 / classes; P2: "
+             "the mIoU of predicting the most frequent class everywhere).", "",
+             "| model | chance | first epoch | best epoch | learns |", "|---|---|---|---|---|"]
+    root = Path(info.get("data_root", "hw1_data"))
+    chance = p1_chance(root if root.is_absolute() else ROOT / root)
+    rows = [(f"P1 setting {s}", runs / "p1_finetune" / s / "log.jsonl", "val_acc", chance, pct)
+            for s in SETTINGS]
+    for letter, (name, run, _) in MODELS.items():
+        score = read_json(out / f"p2_{letter}_scores.json") or {}
+        base = majority_miou(score["confusion"]) if "confusion" in score else None
+        rows.append((f"P2 model {letter}: {name}", runs / run / "log.jsonl", "val_miou", base,
+                     iou))
+    for label, log_path, key, base, fmt in rows:
+        log = [r for r in read_jsonl(log_path) if r.get(key) is not None]
+        if not log:
+            lines.append(f"| {label} | {fmt(base)} | not run | not run | |")
+            continue
+        first, best = log[0][key], max(r[key] for r in log)
+        learns = best > first and (base is None or best > base)
+        lines.append(f"| {label} | {fmt(base)} | {fmt(first)} | {fmt(best)} | "
+                     f"{'yes' if learns else '**no**'} |")
+    return lines
+
+
 def sam_section(out, runs, timings):
+    """The table p2_sam.py wrote (sam_vs_model_b.md, with the definitions of its numbers),
+    included as it is, and links to the SAM figures."""
     lines = ["## SAM (segment-anything ViT-H) against model B", ""]
     sam_dir = runs / "sam_vs_b"
-    summary = read_json(sam_dir / "sam_vs_model_b.json")
     entry = timings.get("sam", {})
-    if summary is None:
+    try:
+        table = (sam_dir / "sam_vs_model_b.md").read_text()
+    except OSError:
         reason = entry.get("note") or "the SAM step has not run"
         lines += ["| SAM | status |", "|---|---|", f"| sam_vs_model_b | skipped: {reason} |"]
         return lines
     if entry.get("status") == "skipped" and entry.get("note"):
         lines += [f"(This run skipped SAM: {entry['note']}; the table is from the earlier run "
                   "in the same folder.)", ""]
-    names = SEG_CLASSES
-    lines += ["| prediction | mIoU | " + " | ".join(names) + " |",
-              "|---|---|" + "---|" * len(names)]
-    for key, label in (("model_b", "model B"),
-                       ("sam_relabelled", "model B relabelled by SAM masks")):
-        s = summary[key]
-        lines.append(f"| {label} | {iou(s['miou'])} | "
-                     + " | ".join(iou(s["iou"].get(n)) for n in names) + " |")
-    lines += ["", f"{summary['images']} image(s), {summary['masks']} SAM masks; mask class "
-              f"purity against ground truth {iou(summary['purity'])}, pixels under a mask "
-              f"{iou(summary['coverage'])} (definitions in sam_vs_model_b.json).", "",
+    lines += [f"As p2_sam.py wrote it in {link(sam_dir / 'sam_vs_model_b.md', out)}:", "",
+              *table.strip().splitlines(), "",
               f"- SAM figure: {link(sam_dir / 'sam_figure.png', out)}",
               f"- SAM vs model B figure: {link(sam_dir / 'sam_vs_model_b.png', out)}"]
     return lines
@@ -497,6 +516,9 @@ def write_report(out, runs_dir=None, arch=True, input_size=512):
              f"Written by `results_report.py` on "
              f"{datetime.datetime.now().isoformat(timespec='seconds')}, git {git_sha()}; "
              f"machine {machine_line()}.",
+             f"Recipe: **{info.get('recipe', 'report')}** (recipes.py; `bash reproduce.sh "
+             f"--recipe report|strong`). The report's number and the best valid public number "
+             "stand beside ours in every table.",
              f"Mode: **{mode}**, scale `{info.get('scale', 'full')}`, data "
              f"`{info.get('data_root', 'hw1_data')}`, runs `{runs}`.", ""]
     if mode == "demo":
@@ -504,11 +526,12 @@ def write_report(out, runs_dir=None, arch=True, input_size=512):
         lines += [DEMO_WARNING.format(reason=reason[:1].upper() + reason[1:],
                                       scale=info.get("scale", "?")), ""]
     else:
-        lines += ["To grade with these runs: `cp RUNS/p1_finetune/C/best.pth "
-                  "checkpoints/p1_C.pth` and `cp RUNS/p2_deeplabv3/best.pth "
-                  "checkpoints/p2_B.pth` (hw1_1.sh / hw1_2.sh read checkpoints/).", ""]
+        lines += ["To grade with these runs: `python3 tools/export_checkpoint.py p1 "
+                  "RUNS/p1_finetune/C/best.pth` and `python3 tools/export_checkpoint.py p2 "
+                  "RUNS/p2_deeplabv3/best.pth` (hw1_1.sh / hw1_2.sh read checkpoints/).", ""]
     lines += p1_section(out, runs) + [""]
     lines += p2_section(out, runs) + [""]
+    lines += learning_section(out, runs, info) + [""]
     lines += sam_section(out, runs, timings) + [""]
     lines += ["## Architectures of models A and B", ""]
     lines += ([architecture_markdown(input_size)] if arch
@@ -525,7 +548,8 @@ def main(args):
         return None
     if args.record_run:
         return record_run(args.out, args.mode, args.scale, args.data_root,
-                          args.runs_dir or Path("runs"), args.reason, bool(args.force_run))
+                          args.runs_dir or Path("runs"), args.reason, bool(args.force_run),
+                          args.recipe)
     if args.arch_only:
         text = architecture_markdown(args.input_size)
         if args.output is None:

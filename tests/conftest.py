@@ -1,9 +1,8 @@
 """Shared test fixtures: where the repository and the real satellite samples are.
 
 The scripts live at the repository root, so the root goes on sys.path (plain `pytest` does not
-put it there). The samples sit in the `shared` folder beside the repository root, wherever the
-repository is cloned (CI clones it elsewhere with shared/ beside it), or where HW1_SAMPLES_DIR
-says (tools/gpu_check.sh, on a machine without shared/).
+put it there). The four real samples live in tests/data/ (sources and
+licences in tests/data/SOURCES.md); HW1_SAMPLES_DIR points the tests at another copy.
 """
 
 import os
@@ -24,8 +23,8 @@ def repo_root():
 
 @pytest.fixture(scope="session")
 def samples_dir():
-    path = Path(os.environ.get("HW1_SAMPLES_DIR") or ROOT.parent / "shared" / "data" / "p2_samples")
+    path = Path(os.environ.get("HW1_SAMPLES_DIR") or ROOT / "tests" / "data")
     if not path.is_dir():
-        pytest.fail(f"real satellite samples not found at {path}; the tests expect the "
-                    "shared/ folder beside the repository root, or HW1_SAMPLES_DIR")
+        pytest.fail(f"real satellite samples not found at {path}; they ship in "
+                    "tests/data/ (or set HW1_SAMPLES_DIR)")
     return path

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import bench
+import training
 import utils
 
 
@@ -83,10 +84,10 @@ def test_each_ablation_switch_reaches_its_target():
         assert not any(utils.TUNING.values())
         assert not torch.backends.cuda.matmul.allow_tf32
     cuda = torch.device("cuda")
-    with utils.tuning(channels_last=False, fused_optimizer=False):
+    with bench.tuning(channels_last=False, fused_optimizer=False):
         assert utils.memory_format(cuda) == torch.contiguous_format
-        assert utils.fused_optimizer(cuda) is False
-    assert utils.memory_format(cuda) == torch.channels_last and utils.fused_optimizer(cuda)
+        assert training.fused_optimizer(cuda) is False
+    assert utils.memory_format(cuda) == torch.channels_last and training.fused_optimizer(cuda)
     assert utils.memory_format(device) == torch.contiguous_format
 
 

@@ -14,16 +14,21 @@ import os
 import numpy as np
 import pytest
 import torch
+from sam_fixtures import tiny_sam
 from test_ddp import byol_under_torchrun
 from test_p2 import SAMPLE_IDS, shrink_pairs
 
 import bench
+import p1_common
 import p1_finetune
 import p1_pretrain_byol
 import p2_common
+import p2_engine
 import p2_inference
 import p2_sam
 import p2_train_deeplabv3
+import records
+import training
 import utils
 
 DEVICE = torch.device(os.environ.get("HW1_TEST_DEVICE", "cuda"))
@@ -81,8 +86,11 @@ def test_byol_bf16_loss_matches_fp32_and_the_step_never_syncs():
         assert all(g["fused"] for g in optimizer.param_groups)
         conv = learner.online_encoder.net.conv1.weight
         assert conv.is_contiguous(memory_format=torch.channels_last)
-    step = lambda: p1_pretrain_byol.train_step(learner, x, optimizer, scheduler,  # noqa: E731
-                                               args.ema_decay, DEVICE)
+    def step():
+        loss = p1_pretrain_byol.train_step(learner, x, optimizer, args.ema_decay, DEVICE)
+        scheduler.step()
+        return loss
+
     for _ in range(2):  # cuDNN's autotuner and lazy initialisation may synchronise
         step()
     target = [p.detach().clone() for p in learner.target_encoder.parameters()]
@@ -97,39 +105,41 @@ def test_finetune_and_segmentation_steps_never_sync(tmp_path, samples_dir):
     args = p1_finetune.get_args_parser().parse_args(
         ["--setting", "A", "--data-dir", "unused", "--batch-size", "16", "--image-size", "64",
          "--warmup-epochs", "0", "--num-classes", "5"])
-    model = p1_finetune.Classifier(5).to(DEVICE, memory_format=utils.memory_format(DEVICE))
+    model = p1_common.Classifier(5).to(DEVICE, memory_format=utils.memory_format(DEVICE))
     optimizer = p1_finetune.build_optimizer(model, args)
-    scheduler = utils.make_lr_scheduler(optimizer, args.schedule, 100)
+    scheduler = training.make_lr_scheduler(optimizer, args.schedule, 100)
     augment, fmt = p1_finetune.build_augment(args), utils.memory_format(DEVICE)
     bank = torch.randint(0, 256, (16, 3, 80, 80), dtype=torch.uint8, device=DEVICE)
     labels = torch.arange(16, device=DEVICE) % 5
 
     def finetune_step():
         x = augment(bank).contiguous(memory_format=fmt)
-        return p1_finetune.train_step(model, x, labels, optimizer, scheduler, args, DEVICE)[0]
+        loss = p1_finetune.train_step(model, x, labels, optimizer, args, DEVICE)[0]
+        scheduler.step()
+        return loss
 
     for _ in range(2):
         finetune_step()
     assert torch.isfinite(no_host_sync(finetune_step))
 
-    # DeepLabV3-ResNet50 on the real samples: the step of p2_common.train_one_epoch
+    # DeepLabV3-ResNet50 on the real samples: the step of p2_engine.train_one_epoch
     seg_args = p2_train_deeplabv3.get_args_parser().parse_args(
         ["--data-dir", "unused", "--no-pretrained", "--image-size", "64"])
-    net = p2_train_deeplabv3.build_model(vars(seg_args), load_pretrained=False)
+    net = p2_common.build_deeplabv3(vars(seg_args), load_pretrained=False)
     net.to(DEVICE, memory_format=utils.memory_format(DEVICE))
-    seg_opt = p2_common.make_optimizer(net, seg_args, DEVICE)
-    seg_sched = utils.make_lr_scheduler(seg_opt, seg_args.schedule, 100)
-    criterion = p2_common.make_criterion(seg_args)
-    seg_augment = p2_common.build_augment(seg_args)
+    seg_opt = p2_engine.make_optimizer(net, seg_args, DEVICE)
+    seg_sched = training.make_lr_scheduler(seg_opt, seg_args.schedule, 100)
+    criterion = p2_engine.make_criterion(seg_args)
+    seg_augment = p2_engine.build_augment(seg_args)
     shrink_pairs(samples_dir, tmp_path, 96)
-    _, images, masks = p2_common.load_split(tmp_path)
+    _, images, masks = p2_engine.load_split(tmp_path)
     images.to(DEVICE)
     masks.to(DEVICE)
     idx = torch.arange(4, device=images.device)
 
     def seg_step():
         x, y = seg_augment(images.batch(idx), masks.batch(idx))
-        loss = p2_common.train_step(net, seg_opt, x, y, criterion, DEVICE)
+        loss = p2_engine.train_step(net, x, y, seg_opt, criterion, DEVICE)
         seg_sched.step()
         return loss
 
@@ -163,7 +173,7 @@ def test_gpu_checkpoint_gives_the_cpu_masks(tmp_path, samples_dir):
         p2_inference.main(p2_inference.get_args_parser().parse_args(
             ["--input-dir", str(data / "validation"), "--output-dir", str(out), "--checkpoint",
              str(run / "best.pth"), "--device", device, "--workers", "2", amp]))
-        masks[device, amp] = np.stack([utils.read_mask(out / f"{i}_mask.png")
+        masks[device, amp] = np.stack([data.read_mask(out / f"{i}_mask.png")
                                        for i in SAMPLE_IDS])
     cpu = masks["cpu", "--no-amp"]
     assert cpu.shape == (4, 128, 128)
@@ -176,15 +186,15 @@ def test_sam_generator_under_bf16_finds_masks(tmp_path, samples_dir):
     args = p2_sam.get_args_parser().parse_args(
         ["--checkpoint", "unused.pth", "--input", str(samples_dir / "0008_sat.jpg"),
          "--output-dir", str(tmp_path / "sam"), "--points-per-side", "8", "--device",
-         DEVICE.type, "--pred-iou-thresh", "0", "--stability-score-thresh", "0"])
-    p2_sam.main(args, model=p2_sam.tiny_sam())
-    log = utils.read_jsonl(tmp_path / "sam" / "sam_log.jsonl")
+         DEVICE.type, "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--amp"])
+    p2_sam.main(args, model=tiny_sam())
+    log = records.read_jsonl(tmp_path / "sam" / "sam_log.jsonl")
     assert len(log) == 1 and log[0]["masks"] > 0 and (tmp_path / "sam" / "0008_sam.png").exists()
 
 
 def test_compiled_classifier_matches_eager():
     torch.manual_seed(0)
-    model = p1_finetune.Classifier(5).to(DEVICE, memory_format=utils.memory_format(DEVICE))
+    model = p1_common.Classifier(5).to(DEVICE, memory_format=utils.memory_format(DEVICE))
     model.eval()
     x = torch.randn(8, 3, 64, 64, device=DEVICE).contiguous(
         memory_format=utils.memory_format(DEVICE))

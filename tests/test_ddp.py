@@ -26,10 +26,16 @@ import torch.multiprocessing as mp
 from test_p1 import make_p1_data
 from test_p2 import SAMPLE_IDS, shrink_pairs
 
+import data
+import distributed
+import errors
 import p1_pretrain_byol
 import p2_common
+import p2_engine
 import p2_train_deeplabv3
+import records
 import utils
+from augment import ClassificationAugment, SegmentationAugment
 
 WORLD = 2
 
@@ -49,7 +55,8 @@ def tiny_mini(root):
 def byol_argv(data, out):  # 8 images, 1 step per epoch: epoch 1's loss is the first forward
     return ["--data-dir", str(data), "--output-dir", str(out), "--epochs", "2",
             "--batch-size", "8", "--max-images", "8", "--image-size", "32",
-            "--projection-hidden-size", "64", "--lr", "1e-4", "--seed", "3", "--device", "cpu"]
+            "--projection-hidden-size", "64", "--lr", "1e-4", "--seed", "3", "--device", "cpu",
+            "--aug", "report"]  # per-sample views (report+lib draws once per rank's batch)
 
 
 def deeplab_argv(data, out):
@@ -81,7 +88,7 @@ def run_training(kind, argv):
             p1_pretrain_byol.build_learner = build
     else:
         def build_model(cfg, load_pretrained=True):  # dropout off: see the module docstring
-            model = p2_train_deeplabv3.build_model(cfg, load_pretrained)
+            model = p2_common.build_deeplabv3(cfg, load_pretrained)
             for m in model.modules():
                 if isinstance(m, torch.nn.Dropout):
                     m.p = 0.0
@@ -89,7 +96,7 @@ def run_training(kind, argv):
             initial.append(snapshot(model))
             return model
 
-        p2_common.train(p2_train_deeplabv3.get_args_parser().parse_args(argv), build_model)
+        p2_engine.train(p2_train_deeplabv3.get_args_parser().parse_args(argv), build_model)
     return initial[-1], snapshot(built[-1])
 
 
@@ -115,8 +122,8 @@ def run_both(kind, data, tmp_path):
         single = run_training(kind, make_argv(data, tmp_path / "single"))
     finally:
         torch.set_num_threads(threads)
-    return (ranks, utils.read_jsonl(tmp_path / "ddp" / "log.jsonl"), single,
-            utils.read_jsonl(tmp_path / "single" / "log.jsonl"))
+    return (ranks, records.read_jsonl(tmp_path / "ddp" / "log.jsonl"), single,
+            records.read_jsonl(tmp_path / "single" / "log.jsonl"))
 
 
 def assert_same_run(ranks, ddp_log, single, single_log, loss_key):
@@ -190,7 +197,7 @@ def byol_under_torchrun(tmp_path, repo_root, device):
     assert done.returncode == 0, done.stderr[-3000:]
     backend = "nccl" if device == "cuda" else "gloo"
     assert f"| {backend} x 1" in done.stdout, done.stdout[:2000]
-    assert len(utils.read_jsonl(out / "log.jsonl")) == 1
+    assert len(records.read_jsonl(out / "log.jsonl")) == 1
     state = torch.load(out / "backbone.pth", map_location="cpu", weights_only=True)
     assert "conv1.weight" in state and state["conv1.weight"].is_contiguous()
 
@@ -200,36 +207,36 @@ def test_torchrun_with_one_process_runs_the_distributed_path(tmp_path, repo_root
 
 
 def test_sharded_validation_sums_to_the_whole_split(monkeypatch, p2_data):
-    """p2_common.evaluate on rank 0 and 1 of 2 (simulated): the two confusion matrices add up
+    """p2_engine.evaluate on rank 0 and 1 of 2 (simulated): the two confusion matrices add up
     to the single-process one and the kept predictions are the same."""
-    _, images, masks = p2_common.load_split(p2_data / "train")
+    _, images, masks = p2_engine.load_split(p2_data / "train")
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, 7, 3, padding=1)  # any (B, 7, H, W) network will do
     device = torch.device("cpu")
-    whole, kept = p2_common.evaluate(model, images, masks, 3, device, keep=(1, 2))
-    monkeypatch.setattr(p2_common, "world_size", lambda: 2)
-    monkeypatch.setattr(p2_common, "merge_across_ranks", lambda d: d)
-    monkeypatch.setattr(p2_common, "all_reduce", lambda t: t)
+    whole, kept = p2_engine.evaluate(model, images, masks, 3, device, keep=(1, 2))
+    monkeypatch.setattr(p2_engine, "world_size", lambda: 2)
+    monkeypatch.setattr(p2_engine, "merge_across_ranks", lambda d: d)
+    monkeypatch.setattr(p2_engine, "all_reduce", lambda t: t)
     total, parts = 0, {}
     for r in range(2):
-        monkeypatch.setattr(p2_common, "rank", lambda r=r: r)
-        cm, part = p2_common.evaluate(model, images, masks, 3, device, keep=(1, 2))
+        monkeypatch.setattr(p2_engine, "rank", lambda r=r: r)
+        cm, part = p2_engine.evaluate(model, images, masks, 3, device, keep=(1, 2))
         total, parts = total + cm.mat, {**parts, **part}
     assert torch.equal(total, whole.mat) and int(total.sum()) == 4 * 64 * 64
     assert sorted(parts) == [1, 2] and all(torch.equal(parts[k], kept[k]) for k in kept)
 
 
 def test_global_batch_must_split_evenly(monkeypatch):
-    monkeypatch.setattr(utils, "world_size", lambda: 3)
-    assert utils.shard_batch(12) == 4
-    with pytest.raises(utils.UserError, match="multiple of 3"):
-        utils.shard_batch(8)
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    assert distributed.shard_batch(12) == 4
+    with pytest.raises(errors.UserError, match="multiple of 3"):
+        distributed.shard_batch(8)
 
 
 def test_index_batches_shards_cover_the_single_process_batches():
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    single = list(utils.index_batches(11, 4, generator=gen()))
-    shards = [list(utils.index_batches(11, 2, generator=gen(), rank=r, world_size=2))
+    single = list(data.index_batches(11, 4, generator=gen()))
+    shards = [list(data.index_batches(11, 2, generator=gen(), rank=r, world_size=2))
               for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == len(single) == 2
     for step, batch in enumerate(single):
@@ -240,13 +247,13 @@ def test_index_batches_shards_cover_the_single_process_batches():
 
 def test_sharded_augmentation_draws_what_one_process_draws():
     x = torch.randint(0, 256, (4, 3, 24, 24), dtype=torch.uint8)
-    augment = utils.ClassificationAugment(16, p_gray=0.5, p_blur=0.5, p_solarize=0.5)
+    augment = ClassificationAugment(16, p_gray=0.5, p_blur=0.5, p_solarize=0.5)
     augment.generator = torch.Generator().manual_seed(1)
     whole = augment(x)
     for r in range(2):
         augment.generator, augment.shard = torch.Generator().manual_seed(1), (r, 2)
         torch.testing.assert_close(augment(x[r::2]), whole[r::2])
-    seg = utils.SegmentationAugment(16)
+    seg = SegmentationAugment(16)
     seg.generator = torch.Generator().manual_seed(1)
     masks = torch.randint(0, 7, (4, 24, 24), dtype=torch.uint8)
     whole_x, whole_y = seg(x, masks)

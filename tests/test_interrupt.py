@@ -1,5 +1,5 @@
 """Interruption: SIGTERM/SIGINT stop a run cleanly, kill -9 leaves a resumable one, --resume
-finishes the planned epochs with each epoch logged exactly once (utils.StopOnSignal).
+finishes the planned epochs with each epoch logged exactly once (training.StopOnSignal).
 
 A real training run in a subprocess (DeepLabV3-MobileNetV3 at 32 px on the real samples) is
 killed once it has logged an epoch; the in-process runs send the signal from inside their
@@ -20,6 +20,7 @@ from test_p2 import SAMPLE_IDS, shrink_pairs
 
 import p1_finetune
 import p1_pretrain_byol
+import records
 import utils
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ def start_and_kill(command, out, sig):
 
 def assert_finished(out):
     """The run is complete: epochs 1..EPOCHS logged once each, in order; last.pth loads."""
-    assert [r["epoch"] for r in utils.read_jsonl(out / "log.jsonl")] == list(range(1, EPOCHS + 1))
+    assert [r["epoch"] for r in records.read_jsonl(out / "log.jsonl")] == list(range(1, EPOCHS + 1))
     last = utils.load_checkpoint(out / "last.pth")
     assert last["epoch"] == EPOCHS and last["optimizer"] is not None
     return last
@@ -105,7 +106,7 @@ def test_sigterm_exits_cleanly_with_a_resume_hint(seg_data, tmp_path):
     saved = int(line.group(2))
     assert 1 <= saved < EPOCHS
     assert utils.load_checkpoint(tmp_path / "last.pth")["epoch"] == saved
-    assert [r["epoch"] for r in utils.read_jsonl(tmp_path / "log.jsonl")][-1] == saved
+    assert [r["epoch"] for r in records.read_jsonl(tmp_path / "log.jsonl")][-1] == saved
     done = resume(command)
     assert f"(epoch {saved})" in done.stdout  # resumed from the saved epoch, not from scratch
     assert_finished(tmp_path)
@@ -141,11 +142,11 @@ def test_sigint_mid_epoch_of_finetuning_then_resume(monkeypatch, p1_data, tmp_pa
             p1_finetune.main(parse(p1_finetune, *argv))
     assert stopped.value.code == 128 + signal.SIGINT
     assert signal.getsignal(signal.SIGINT) is handler  # the run's handlers are gone
-    assert [r["epoch"] for r in utils.read_jsonl(tmp_path / "A" / "log.jsonl")] == [1]
+    assert [r["epoch"] for r in records.read_jsonl(tmp_path / "A" / "log.jsonl")] == [1]
     assert utils.load_checkpoint(tmp_path / "A" / "last.pth")["epoch"] == 1
     table = p1_finetune.main(parse(p1_finetune, *argv, "--resume"))
     assert table["A"]["epochs"] == 3
-    assert [r["epoch"] for r in utils.read_jsonl(tmp_path / "A" / "log.jsonl")] == [1, 2, 3]
+    assert [r["epoch"] for r in records.read_jsonl(tmp_path / "A" / "log.jsonl")] == [1, 2, 3]
 
 
 def test_sigterm_mid_epoch_of_byol_then_resume(monkeypatch, p1_data, tmp_path):
@@ -158,7 +159,7 @@ def test_sigterm_mid_epoch_of_byol_then_resume(monkeypatch, p1_data, tmp_path):
     assert stopped.value.code == 128 + signal.SIGTERM
     assert utils.load_checkpoint(tmp_path / "last.pth")["epoch"] == 1
     p1_pretrain_byol.main(parse(p1_pretrain_byol, *argv, "--resume"))
-    log = utils.read_jsonl(tmp_path / "log.jsonl")
+    log = records.read_jsonl(tmp_path / "log.jsonl")
     assert [r["epoch"] for r in log] == [1, 2]
     assert utils.load_checkpoint(tmp_path / "last.pth")["epoch"] == 2
     state = torch.load(tmp_path / "backbone.pth", weights_only=True)

@@ -24,6 +24,8 @@ import pytest
 import torch
 from PIL import Image
 
+import errors
+import p1_common
 import p1_finetune
 import p1_inference
 import p1_pretrain_byol
@@ -32,8 +34,19 @@ import p2_evaluate
 import p2_inference
 import p2_sam
 import p2_train_deeplabv3
+import records
+import training
 import utils
-from utils import PALETTE, UserError
+from data import (
+    PALETTE,
+    ImageBank,
+    list_images,
+    list_sat_pairs,
+    load_rgb,
+    read_mask,
+    read_office_csv,
+)
+from errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_IDS = ("0008", "0097", "0107", "0128")
@@ -55,7 +68,7 @@ def one_thread():
 def env(**extra):
     """The environment of a CLI run: the venv's python3 first on PATH (the grading scripts call
     `python3`), one OpenMP thread, and no HW1_DEBUG unless asked for."""
-    e = {k: v for k, v in os.environ.items() if k != utils.DEBUG_ENV}
+    e = {k: v for k, v in os.environ.items() if k != errors.DEBUG_ENV}
     e.update(PATH=os.path.dirname(sys.executable) + os.pathsep + e.get("PATH", ""),
              OMP_NUM_THREADS="1", **{k: str(v) for k, v in extra.items()})
     return e
@@ -138,20 +151,23 @@ def ckpts(tmp_path_factory):
     """Checkpoints of every kind, as the training scripts write them (utils.save_checkpoint)."""
     d = tmp_path_factory.mktemp("ckpts")
     torch.manual_seed(0)
-    classifier = p1_finetune.Classifier(4)
-    utils.save_checkpoint(d / "p1_C.pth", classifier, epoch=1, best_metric=0.5, args=P1_ARGS)
+    classifier = p1_common.Classifier(4)
+    utils.save_checkpoint(d / "p1_C.pth", classifier, kind="p1_classifier", epoch=1,
+                          best_metric=0.5, args=P1_ARGS)
     state = torch.load(d / "p1_C.pth", weights_only=False)
     state["args"] = {**P1_ARGS, "setting": "D"}
     torch.save(state, d / "p1_D.pth")
-    torch.save(p1_finetune.backbone_state(classifier), d / "backbone.pth")  # bare state_dict
+    torch.save(p1_common.backbone_state(classifier), d / "backbone.pth")  # bare state_dict
     del state, classifier
 
     cfg = {"model_name": "deeplabv3", "arch": "mobilenet_v3_large", "pretrained": False}
-    utils.save_checkpoint(d / "p2.pth", p2_train_deeplabv3.build_model(cfg, load_pretrained=False),
+    utils.save_checkpoint(d / "p2.pth", p2_common.build_deeplabv3(cfg, load_pretrained=False),
+                          kind="p2_segmenter",
                           epoch=1, args=cfg)
     # a BYOL checkpoint is recognised by its args: those of p1_pretrain_byol's own parser
     byol_args = p1_pretrain_byol.get_args_parser().parse_args(["--data-dir", "mini"])
-    utils.save_checkpoint(d / "byol_last.pth", torch.nn.Linear(2, 2), epoch=3, args=byol_args)
+    utils.save_checkpoint(d / "byol_last.pth", torch.nn.Linear(2, 2), kind="byol", epoch=3,
+                          args=byol_args)
 
     data = (d / "p2.pth").read_bytes()
     (d / "truncated.pth").write_bytes(data[: len(data) // 3])
@@ -164,36 +180,36 @@ def test_odd_image_modes_load_as_rgb_in_training_banks_and_exactly(tmp_path):
     sizes = write_odd_images(tmp_path)
     paths = [tmp_path / name for name in sizes]
     for path in paths:
-        image = utils.load_rgb(path)
+        image = load_rgb(path)
         assert image.mode == "RGB" and image.size == sizes[path.name]
-    bank = utils.ImageBank.from_paths(paths, size=16)  # what every training script does
+    bank = ImageBank.from_paths(paths, size=16)  # what every training script does
     assert bank.images.shape == (len(paths), 3, 16, 16) and bank.images.dtype == torch.uint8
     # 16 bits: an 8-bit image saved x257 comes back exactly, the same in all three channels
-    gray16 = np.asarray(utils.load_rgb(tmp_path / "gray16.png"))
+    gray16 = np.asarray(load_rgb(tmp_path / "gray16.png"))
     gray8 = np.asarray(Image.fromarray(rgb_array(20, 24)).convert("L"))
     assert gray16.shape == (20, 24, 3)
     assert all(np.array_equal(gray16[..., c], gray8) for c in range(3))
     # CMYK and RGBA: PIL's own conversion (alpha dropped)
     cmyk = Image.open(tmp_path / "cmyk.jpg")
-    assert np.array_equal(np.asarray(utils.load_rgb(tmp_path / "cmyk.jpg")),
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "cmyk.jpg")),
                           np.asarray(cmyk.convert("RGB")))
-    assert np.array_equal(np.asarray(utils.load_rgb(tmp_path / "rgba.png")), rgb_array(20, 24))
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "rgba.png")), rgb_array(20, 24))
 
 
 def test_broken_images_are_one_line_naming_the_file(tmp_path):
     names = write_broken_images(tmp_path)
     for name in names:
         with pytest.raises(UserError) as e:
-            utils.load_rgb(tmp_path / name)
+            load_rgb(tmp_path / name)
         one_line(e, tmp_path / name, "cannot read image", "replace or remove it")
     with pytest.raises(UserError) as e:
-        utils.load_rgb(tmp_path / "missing.jpg")
+        load_rgb(tmp_path / "missing.jpg")
     one_line(e, tmp_path / "missing.jpg", "does not exist")
     # a training bank stops at the first broken file, naming it
     good = tmp_path / "good.png"
     Image.fromarray(rgb_array(16, 16)).save(good)
     with pytest.raises(UserError) as e:
-        utils.ImageBank.from_paths([good, tmp_path / "truncated.png"], size=8, workers=1)
+        ImageBank.from_paths([good, tmp_path / "truncated.png"], size=8, workers=1)
     one_line(e, tmp_path / "truncated.png")
 
 
@@ -202,7 +218,7 @@ def test_images_of_different_sizes_name_two_files_and_the_flag(tmp_path):
     Image.fromarray(rgb_array(8, 8)).save(a)
     Image.fromarray(rgb_array(8, 10)).save(b)
     with pytest.raises(UserError) as e:
-        utils.ImageBank.from_paths([a, b], size_flag="--bank-size")
+        ImageBank.from_paths([a, b], size_flag="--bank-size")
     one_line(e, a, "is 8x8", b, "is 10x8", "pass --bank-size N")
 
 
@@ -214,15 +230,15 @@ def test_missing_empty_or_file_data_folders(tmp_path):
                              (tmp_path / "file.txt", "is a file, not a folder"),
                              (tmp_path / "empty", "no images")):
         with pytest.raises(UserError) as e:
-            utils.list_images(folder)  # p1_pretrain_byol
+            list_images(folder)  # p1_pretrain_byol
         one_line(e, folder, fragment)
     for folder, fragment in ((tmp_path / "nope", "hw1_download.sh"),
                              (tmp_path / "empty", "no *_sat.jpg")):
         with pytest.raises(UserError) as e:
-            utils.list_sat_pairs(folder)  # p2 training
+            list_sat_pairs(folder)  # p2 training
         one_line(e, folder, fragment)
     with pytest.raises(UserError) as e:  # p1_finetune
-        p1_finetune.load_office(tmp_path / "empty", "train", 16, "cpu")
+        p1_common.load_office(tmp_path / "empty", "train", 16, "cpu")
     one_line(e, tmp_path / "empty", "train.csv", "--data-dir")
 
 
@@ -232,7 +248,7 @@ def test_unpaired_satellite_files_name_the_lonely_one(tmp_path):
     for name in ("0001_mask.png", "0002_mask.png", "0003_mask.png"):
         Image.fromarray(rgb_array(4, 4)).save(tmp_path / name)
     with pytest.raises(UserError) as e:
-        utils.list_sat_pairs(tmp_path)
+        list_sat_pairs(tmp_path)
     one_line(e, tmp_path / "0003_mask.png", "has no partner 0003_sat.jpg", "1 unpaired")
 
 
@@ -260,7 +276,7 @@ def test_bad_training_csv_is_one_line_naming_the_file(tmp_path, case):
     Image.fromarray(rgb_array(4, 4)).save(tmp_path / "img" / "0_0.jpg")
     (tmp_path / "train.csv").write_text(text)
     with pytest.raises(UserError) as e:
-        utils.read_office_csv(tmp_path / "train.csv", tmp_path / "img")
+        read_office_csv(tmp_path / "train.csv", tmp_path / "img")
     one_line(e, tmp_path / "train.csv", *fragments)
 
 
@@ -269,16 +285,16 @@ def test_inference_csv_accepts_none_labels_duplicates_bom_and_any_column_order(t
     path = tmp_path / "test.csv"
     path.write_text("\ufeffLabel,FileName,ID\nNone,0000.jpg,7\n,0001.jpg,8\nNone,0000.jpg,9\n",
                     encoding="utf-8")
-    rows = utils.read_office_csv(path, require_labels=False, duplicates="warn")
+    rows = read_office_csv(path, require_labels=False, duplicates="warn")
     assert [(r["id"], r["filename"], r["label"]) for r in rows] == [
         ("7", "0000.jpg", -1), ("8", "0001.jpg", -1), ("9", "0000.jpg", -1)]
     assert "lists 1 file(s) more than once (e.g. 0000.jpg)" in capsys.readouterr().err
     path.write_bytes(b"\xff\xd8\xff\xe0 a jpeg, not a csv")
     with pytest.raises(UserError) as e:
-        utils.read_office_csv(path, require_labels=False)
+        read_office_csv(path, require_labels=False)
     one_line(e, path, "not a text csv")
     with pytest.raises(UserError) as e:
-        utils.read_office_csv(tmp_path, require_labels=False)
+        read_office_csv(tmp_path, require_labels=False)
     one_line(e, tmp_path, "is a folder, not a file")
 
 
@@ -290,14 +306,14 @@ def test_off_palette_masks_decode_as_the_scorer_with_one_warning(tmp_path, capsy
     Image.fromarray(rgb).save(tmp_path / "0001_mask.png")
     Image.fromarray(PALETTE[np.zeros((2, 3), int)]).save(tmp_path / "0002_mask.png")
     expected = np.array([[6, 6, 1], [0, 3, 0]])
-    assert np.array_equal(utils.read_mask(tmp_path / "0001_mask.png"), expected)  # p2_evaluate
-    bank = utils.ImageBank.from_paths([tmp_path / "0001_mask.png", tmp_path / "0002_mask.png"],
+    assert np.array_equal(read_mask(tmp_path / "0001_mask.png"), expected)  # p2_evaluate
+    bank = ImageBank.from_paths([tmp_path / "0001_mask.png", tmp_path / "0002_mask.png"],
                                       kind="mask")  # training
     assert np.array_equal(bank.images[0].numpy(), expected)
     err = capsys.readouterr().err
     assert err.count("warning:") == 1 and "1 of 2 masks hold colours outside the palette" in err
     assert str(tmp_path / "0001_mask.png") in err
-    utils.ImageBank.from_paths([tmp_path / "0002_mask.png"], kind="mask")
+    ImageBank.from_paths([tmp_path / "0002_mask.png"], kind="mask")
     assert capsys.readouterr().err == ""  # palette-only masks: no warning
 
 
@@ -313,19 +329,21 @@ def test_missing_truncated_or_foreign_checkpoints_are_one_line(ckpts, tmp_path):
         utils.load_checkpoint(ckpts)
     one_line(e, ckpts, "is a folder")
     # Problem 1 inference: only p1_finetune.py checkpoints; any setting
-    for name, kind in (("p2.pth", "a Problem 2 deeplabv3 checkpoint"),
-                       ("byol_last.pth", "a BYOL pre-training checkpoint"),
-                       ("backbone.pth", "a bare state_dict")):
+    for name, kind in (("p2.pth", "is a Problem 2 model of p2_train_fcn32s.py"),
+                       ("byol_last.pth", "is a BYOL pre-training checkpoint"),
+                       ("backbone.pth", "is a bare state_dict")):
         with pytest.raises(UserError) as e:
-            p1_finetune.load_classifier(ckpts / name, "cpu")
-        one_line(e, ckpts / name, "is not a p1_finetune.py checkpoint", kind, "pass a best.pth")
-    _, args, _ = p1_finetune.load_classifier(ckpts / "p1_D.pth", "cpu")
+            p1_common.load_classifier(ckpts / name, "cpu")
+        one_line(e, ckpts / name, kind, "not a Problem 1 classifier of p1_finetune.py",
+                 "pass a best.pth of p1_finetune.py")
+    _, args, _ = p1_common.load_classifier(ckpts / "p1_D.pth", "cpu")
     assert args["setting"] == "D"
     # Problem 2 inference: only p2_train_*.py checkpoints
-    for name, fragment in (("p1_C.pth", "is a p1_finetune.py setting C checkpoint"),
-                           ("backbone.pth", "no model, args entries: a bare state_dict")):
+    for name, fragment in (("p1_C.pth", "is a Problem 1 classifier of p1_finetune.py, not a "
+                                        "Problem 2 model"),
+                           ("backbone.pth", "is a bare state_dict (weights only")):
         with pytest.raises(UserError) as e:
-            p2_inference.load_model(ckpts / name, "cpu")
+            p2_common.load_segmenter(ckpts / name, "cpu")
         one_line(e, ckpts / name, fragment)
     # SAM: a Problem 2 checkpoint is not SAM
     with pytest.raises(UserError) as e:
@@ -338,7 +356,7 @@ def test_unwritable_output_folders_are_one_line(tmp_path):
     blocker = tmp_path / "file.txt"  # tests run as root: only a file in the way is unwritable
     blocker.write_text("x")
     with pytest.raises(UserError) as e:
-        utils.prepare_output_dir(blocker / "run", None)  # every training script
+        training.prepare_output_dir(blocker / "run", None)  # every training script
     one_line(e, blocker / "run", f"{blocker} is a file, not a folder", "--output-dir")
     with pytest.raises(UserError) as e:
         p2_evaluate.main(p2_evaluate.get_args_parser().parse_args(
@@ -350,16 +368,16 @@ def test_unwritable_output_folders_are_one_line(tmp_path):
 
 def test_failed_atomic_write_leaves_the_old_file_and_no_temp(tmp_path):
     target = tmp_path / "pred.csv"
-    utils.atomic_write_bytes(target, b"old\n")
+    records.atomic_write_bytes(target, b"old\n")
 
     def crash(f):
         f.write(b"half")
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        utils._atomic_write(target, crash)
+        records._atomic_write(target, crash)
     assert target.read_bytes() == b"old\n" and sorted(os.listdir(tmp_path)) == ["pred.csv"]
-    assert (target.stat().st_mode & 0o777) == 0o666 & ~utils._umask()  # not the temp's 0600
+    assert (target.stat().st_mode & 0o777) == 0o666 & ~records._umask()  # not the temp's 0600
 
 
 # ================================================================================ CLIs
@@ -386,10 +404,9 @@ def test_hw1_1_sh_skips_bad_images_lists_them_and_keeps_other_files(ckpts, tmp_p
     assert "e.g. empty.jpg" in line
     with open(out / "pred.csv", newline="") as f:
         got = list(csv.reader(f))
-    assert got[0] == ["id", "filename", "label"]
-    good = [(str(i), name) for i, name, _ in rows if name in sizes]
-    assert [(r[0], r[1]) for r in got[1:]] == good
-    assert all(0 <= int(r[2]) < 4 for r in got[1:])
+    assert got[0] == ["filename", "label"]
+    assert [r[0] for r in got[1:]] == [name for _, name, _ in rows if name in sizes]
+    assert all(0 <= int(r[1]) < 4 for r in got[1:])
     assert (out / "foreign.txt").read_text() == "keep me" and (out / "old").is_dir()
     assert sorted(os.listdir(out)) == ["foreign.txt", "old", "pred.csv"]  # no temp file left
 
@@ -439,7 +456,8 @@ def test_inference_clis_refuse_the_other_problems_checkpoint_in_one_line(ckpts, 
     Image.fromarray(rgb_array(8, 8)).save(images / "0001_sat.jpg")
     proc = run_cli("p2_inference.py", "--input-dir", images, "--output-dir", tmp_path / "p2",
                    "--checkpoint", ckpts / "p1_C.pth")
-    assert_one_line_error(proc, ckpts / "p1_C.pth", "not one of Problem 2")
+    assert_one_line_error(proc, ckpts / "p1_C.pth", "not a Problem 2 model",
+                          "pass a best.pth of p2_train_fcn32s.py or p2_train_deeplabv3.py")
     assert list((tmp_path / "p2").iterdir()) == []
 
 
@@ -527,7 +545,7 @@ def test_training_scripts_refuse_a_used_folder_before_any_work(tmp_path):
 
 
 def test_every_training_script_guards_its_folder_checks_the_loss_and_has_the_flags():
-    for script in ("p1_pretrain_byol.py", "p1_finetune.py", "p2_common.py"):
+    for script in ("p1_pretrain_byol.py", "p1_finetune.py", "p2_engine.py"):
         text = (REPO / script).read_text()
         assert "prepare_output_dir" in text and "check_finite(" in text, script
         assert re.search(r"seed_everything\(args\.seed, [^)]*deterministic", text), script
@@ -564,8 +582,8 @@ def test_a_nan_loss_stops_the_run_before_it_saves(p2_data, tmp_path, restore_det
     assert not (tmp_path / "run" / "last.pth").exists()
     assert not (tmp_path / "run" / "log.jsonl").exists()
     with pytest.raises(UserError, match="loss became inf at epoch 3, step 7"):
-        utils.check_finite(float("inf"), 3, 7)
-    utils.check_finite(1.5, 1, 1)
+        training.check_finite(float("inf"), 3, 7)
+    training.check_finite(1.5, 1, 1)
 
 
 def test_deterministic_runs_give_bit_identical_weights(p2_data, tmp_path, restore_determinism):
@@ -580,10 +598,10 @@ def test_deterministic_runs_give_bit_identical_weights(p2_data, tmp_path, restor
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     # and training did move the weights: the runs are equal, not two copies of the init
     torch.manual_seed(3)
-    init = p2_train_deeplabv3.build_model({"arch": "mobilenet_v3_large", "pretrained": False},
+    init = p2_common.build_deeplabv3({"arch": "mobilenet_v3_large", "pretrained": False},
                                           load_pretrained=False)
     moved = [k for k, v in init.named_parameters() if not torch.equal(states[0][k], v)]
     assert len(moved) > 0.9 * len(list(init.parameters()))
     # a later plain run switches deterministic kernels off again
-    p2_common.seed_everything(0)
+    utils.seed_everything(0)
     assert not torch.are_deterministic_algorithms_enabled()

@@ -10,10 +10,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+from PIL import Image
 
-import p2_train_deeplabv3
-import p2_train_fcn32s
+import p2_common
 import results_report
 from results_report import record_run, record_step, write_report
 
@@ -24,6 +25,11 @@ CLASSES = ("Urban", "Agriculture", "Rangeland", "Forest", "Water", "Barren")
 def write(path, obj):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj))
+
+
+def write_jsonl(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def table_rows(text, first_cell):
@@ -74,12 +80,14 @@ def test_report_lines_from_handmade_json(handmade):
     text = write_report(out, arch=False)
     assert (out / "RESULTS.md").read_text() == text
     lines = text.splitlines()
-    assert "| A | none | full model | 45.7 (epoch 3) | 40.0 | 5 | 45.8 |" in lines
-    assert "| E | own BYOL backbone | head only | 0.0 (epoch 3) | 40.0 | 5 | 16.7 |" in lines
+    # ours, then the report's number and the best valid public one (HW1_SPEC.md)
+    assert "| A | none | full model | 45.7 (epoch 3) | 40.0 | 5 | 45.8 | 52.7 |" in lines
+    assert "| E | own BYOL backbone | head only | 0.0 (epoch 3) | 40.0 | 5 | 16.7 | 43.8 |" in lines
     assert ("| A: VGG16-FCN32s | 0.3600 | 0.1000 | 0.2000 | n/a | 0.4000 | 0.5000 | 0.6000 | 4 "
-            "| 2 (0.3600) | 73.4 |") in lines
+            "| 2 (0.3600) | 73.4 | 73.4 |") in lines
     assert ("| B: DeepLabV3-ResNet50 | 0.5000 | 0.5000 | 0.5000 | 0.5000 | 0.5000 | 0.5000 | "
-            "0.5000 | 4 | 1 (0.5000) | 75.9 |") in lines
+            "0.5000 | 4 | 1 (0.5000) | 75.9 | 76.2 |") in lines
+    assert "Recipe: **report**" in text
     assert "| sam_vs_model_b | skipped: SAM checkpoint ckpt.pth not found |" in lines
     # a skipped step keeps the time and command of the call that ran it; pipes are escaped
     assert ("| byol | BYOL pre-training (p1_pretrain_byol.py) | skipped (runs/byol finished all "
@@ -98,18 +106,53 @@ def test_report_lines_from_handmade_json(handmade):
 
 
 def test_report_sam_table(handmade):
+    """RESULTS.md includes the table p2_sam.py wrote (sam_vs_model_b.md) as it is."""
     out, runs = handmade
-    side = {"miou": 0.5, "iou": dict.fromkeys(CLASSES, 0.5)}
-    write(runs / "sam_vs_b" / "sam_vs_model_b.json",
-          {"images": 3, "masks": 42, "purity": 0.9, "coverage": 0.75, "model_b": side,
-           "sam_relabelled": {**side, "miou": 0.55}})
+    table = ("| prediction | mIoU | Urban |\n|---|---|---|\n| model B | 0.5000 | 0.5000 |\n\n"
+             "3 image(s), 42 SAM masks; mask class purity against ground truth 0.9000.\n\n"
+             "- purity: Class purity of SAM's masks against ground truth: ...\n")
+    (runs / "sam_vs_b").mkdir(parents=True)
+    (runs / "sam_vs_b" / "sam_vs_model_b.md").write_text(table)
     record_step(out, "sam", "ran", 30.0, "python3 p2_sam.py")
-    lines = write_report(out, arch=False).splitlines()
-    assert "| model B | 0.5000 | " + " | ".join(["0.5000"] * 6) + " |" in lines
-    assert "| model B relabelled by SAM masks | 0.5500 | " + " | ".join(["0.5000"] * 6) + " |" \
-        in lines
-    assert ("3 image(s), 42 SAM masks; mask class purity against ground truth 0.9000, pixels "
-            "under a mask 0.7500 (definitions in sam_vs_model_b.json).") in lines
+    text = write_report(out, arch=False)
+    assert table.strip() in text
+    assert "| sam_vs_model_b | skipped" not in text
+
+
+def test_learning_table_compares_best_with_first_epoch_and_chance(tmp_path):
+    # majority baseline, by hand: truth has 60 Urban, 30 Agriculture, 10 Unknown pixels; Urban
+    # everywhere scores IoU 60/100 for Urban and 0 for Agriculture: mIoU (0.6 + 0) / 2 = 0.3
+    confusion = [[0] * 7 for _ in range(7)]
+    confusion[0][1], confusion[1][1], confusion[6][0] = 60, 30, 10
+    assert results_report.majority_miou(confusion) == pytest.approx(0.3)
+    out, runs, data = tmp_path / "out", tmp_path / "runs", tmp_path / "data"
+    (data / "p1_data" / "office").mkdir(parents=True)
+    (data / "p1_data" / "office" / "val.csv").write_text(
+        "id,filename,label\n0,0_0.jpg,0\n1,1_1.jpg,1\n2,2_2.jpg,2\n3,3_3.jpg,3\n")
+    for s, accs in zip("ABCDE", ([0.25, 0.5], [0.5, 0.25], [0.1, 0.2], [0.3], [0.25, 0.75])):
+        write_jsonl(runs / "p1_finetune" / s / "log.jsonl",
+                    [{"epoch": e, "val_acc": a} for e, a in enumerate(accs, 1)])
+    write_jsonl(runs / "p2_fcn32s" / "log.jsonl", [{"epoch": 1, "val_miou": 0.2},
+                                                   {"epoch": 2, "val_miou": 0.25}])
+    write_jsonl(runs / "p2_deeplabv3" / "log.jsonl", [{"epoch": 1, "val_miou": 0.2},
+                                                      {"epoch": 2, "val_miou": 0.4}])
+    write(out / "p2_B_scores.json", {"confusion": confusion})
+    write(out / "p2_A_scores.json", {"confusion": confusion})
+    lines = results_report.learning_section(out, runs, {"data_root": str(data)})
+    rows = {ln.split(" | ")[0][2:]: ln for ln in lines if ln.startswith("| P")}
+    assert rows["P1 setting A"] == "| P1 setting A | 25.0 | 25.0 | 50.0 | yes |"
+    assert rows["P1 setting B"] == "| P1 setting B | 25.0 | 50.0 | 50.0 | **no** |"  # fell
+    assert rows["P1 setting C"] == "| P1 setting C | 25.0 | 10.0 | 20.0 | **no** |"  # < chance
+    assert rows["P1 setting D"] == "| P1 setting D | 25.0 | 30.0 | 30.0 | **no** |"  # one epoch
+    assert rows["P1 setting E"].endswith("| 75.0 | yes |")
+    assert rows["P2 model A: VGG16-FCN32s"] == (
+        "| P2 model A: VGG16-FCN32s | 0.3000 | 0.2000 | 0.2500 | **no** |")  # below chance
+    assert rows["P2 model B: DeepLabV3-ResNet50"].endswith("| 0.3000 | 0.2000 | 0.4000 | yes |")
+
+
+def test_seg_classes_are_the_scored_classes_of_the_codec():
+    import data
+    assert results_report.SEG_CLASSES == data.CLASS_NAMES[:data.SCORED_CLASSES]
 
 
 def test_record_run_refuses_another_scale(tmp_path):
@@ -139,9 +182,9 @@ def architecture_totals(text):
 @pytest.fixture(scope="module")
 def param_counts():
     """sum(p.numel()) of models A and B built for real on the CPU (not on the meta device)."""
-    return {"A": sum(p.numel() for p in p2_train_fcn32s.build_model(
+    return {"A": sum(p.numel() for p in p2_common.build_fcn32s(
                 {}, load_pretrained=False).parameters()),
-            "B": sum(p.numel() for p in p2_train_deeplabv3.build_model(
+            "B": sum(p.numel() for p in p2_common.build_deeplabv3(
                 {"arch": "resnet50"}, load_pretrained=False).parameters())}
 
 
@@ -186,16 +229,52 @@ def test_reproduce_smoke_chain_then_skip(repo_root, smoke_out, param_counts):
 
     acc = table_rows(text, "[A-E]")
     assert [r[0] for r in acc] == list("ABCDE")
-    for r in acc:  # val acc (best epoch) | val acc (last epoch) | epochs
-        assert re.fullmatch(r"\d+\.\d \(epoch 1\)", r[3]) and float(r[4]) >= 0 and r[5] == "1"
+    for r in acc:  # val acc (best epoch) | val acc (last epoch) | epochs, from the run's log
+        log = [json.loads(ln) for ln in (out / "runs" / "p1_finetune" / r[0] / "log.jsonl")
+               .read_text().splitlines()]
+        accs = [e["val_acc"] for e in log]
+        assert len(log) == 1 and all(a * 8 == round(a * 8) for a in accs)  # 8 val images
+        assert r[3:6] == [f"{100 * max(accs):.1f} (epoch {accs.index(max(accs)) + 1})",
+                          f"{100 * accs[-1]:.1f}", "1"], (r, accs)
 
+    # mIoU and per-class IoU counted here with numpy from the masks the chain wrote (course
+    # rule, HW1_SPEC.md: channels >= 128, code 4R+2G+B, codes 3,6,5,2,1,7,0 -> classes 0..6;
+    # TP/FP/FN summed over all pixels of all images, Unknown truth predicted i is an FP of i,
+    # a class absent from both is n/a and out of the mean)
+    code_to_class = np.full(8, -1)
+    code_to_class[[3, 6, 5, 2, 1, 7, 0]] = np.arange(7)
+
+    def classes(path):
+        rgb = np.asarray(Image.open(path).convert("RGB")) >= 128
+        return code_to_class[rgb @ np.array([4, 2, 1])].ravel()
+
+    val = out / "demo_data" / "p2_data" / "validation"
+    names = sorted(p.name for p in val.glob("*_mask.png"))
     seg = table_rows(text, "[AB]: .*")
     assert [r[0] for r in seg] == ["A: VGG16-FCN32s", "B: DeepLabV3-ResNet50"]
-    for r in seg:  # mIoU, six per-class IoUs, images, log's best epoch
-        values = [float(v) for v in r[1:8]]
-        assert all(0 <= v <= 1 for v in values)
-        assert r[8] == "4" and re.fullmatch(r"[12] \(\d\.\d{4}\)", r[9])
-        assert abs(values[0] - sum(values[1:]) / 6) < 1e-3  # the mean of the six classes
+    for r, letter, run in zip(seg, "AB", ("p2_fcn32s", "p2_deeplabv3")):
+        assert sorted(p.name for p in (out / f"p2_{letter}").glob("*_mask.png")) == names
+        tp, fp, fn = np.zeros(6), np.zeros(6), np.zeros(6)
+        for name in names:
+            truth, guess = classes(val / name), classes(out / f"p2_{letter}" / name)
+            assert truth.min() >= 0 and guess.min() >= 0  # no pure red (no class)
+            for c in range(6):
+                tp[c] += np.sum((truth == c) & (guess == c))
+                fp[c] += np.sum((truth != c) & (guess == c))
+                fn[c] += np.sum((truth == c) & (guess != c))
+        seen = tp + fp + fn > 0
+        iou = np.divide(tp, tp + fp + fn, out=np.full(6, np.nan), where=seen)
+        # mIoU, six per-class IoUs (4 decimals), images, the training log's best epoch
+        expected = [iou[seen].mean(), *iou]
+        for cell, v in zip(r[1:8], expected):
+            if np.isnan(v):
+                assert cell == "n/a", (r, expected)
+            else:
+                assert float(cell) == pytest.approx(v, abs=6e-5), (r, expected)
+        log = [json.loads(ln) for ln in (out / "runs" / run / "log.jsonl").read_text()
+               .splitlines()]
+        best = max(log, key=lambda e: e["val_miou"])
+        assert r[8:10] == [str(len(names)), f"{best['epoch']} ({best['val_miou']:.4f})"], r
 
     sam = table_rows(text, "sam_vs_model_b")
     assert sam == [["sam_vs_model_b", f"skipped: SAM checkpoint {out / 'no_sam.pth'} not found; "

@@ -1,6 +1,7 @@
-"""p2_sam.py: overlay order, purity and relabelling against hand-computed values, checkpoint
-errors, bf16 autocast of SAM's networks, and end-to-end runs of SamAutomaticMaskGenerator with
-a tiny randomly initialised SAM on the real satellite samples (CPU, no checkpoint needed)."""
+"""p2_sam.py: overlay order, purity and relabelling against hand-computed values, the whole
+SAM-vs-model-B summary of a run against numbers worked out by hand, checkpoint errors, bf16
+autocast of SAM's networks, and end-to-end runs of SamAutomaticMaskGenerator with a tiny randomly
+initialised SAM on the real satellite samples (CPU, no checkpoint needed)."""
 
 import json
 import subprocess
@@ -11,22 +12,24 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sam_fixtures import tiny_sam  # a 2-block ViT SAM on 64 px, random weights
 from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.utils.amg import rle_to_mask
 
+import data
+import errors
+import metrics
 import p2_sam
-import utils
+import results_report
+from records import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "p2_samples"
+SAMPLES = Path(__file__).resolve().parent / "data"
 SAMPLE_IDS = ("0008", "0097", "0107", "0128")
 # thresholds that let a random SAM's masks through (the report's 0.88 would keep none)
 # and keep every proposal (box NMS at IoU 1): 3x3 points x 3 outputs = 27 masks of varied areas
 LOOSE = ["--points-per-side", "3", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
          "--box-nms-thresh", "1", "--min-mask-region-area", "0"]
-
-
-tiny_sam = p2_sam.tiny_sam  # a 2-block ViT SAM on 64 px, random weights
 
 
 def parse(*argv):
@@ -35,8 +38,8 @@ def parse(*argv):
 
 def small_sample(sample_id, size):
     """A real sample image resized to `size` (W, H) as uint8 RGB, and its mask (nearest)."""
-    image = utils.load_rgb(SAMPLES / f"{sample_id}_sat.jpg").resize(size, Image.BILINEAR)
-    mask = Image.fromarray(utils.read_mask(SAMPLES / f"{sample_id}_mask.png")).resize(
+    image = data.load_rgb(SAMPLES / f"{sample_id}_sat.jpg").resize(size, Image.BILINEAR)
+    mask = Image.fromarray(data.read_mask(SAMPLES / f"{sample_id}_mask.png")).resize(
         size, Image.NEAREST)
     return np.asarray(image), np.asarray(mask)
 
@@ -46,7 +49,7 @@ def test_defaults_are_the_reports_settings_and_help_lists_every_knob():
     args = parse("--input", "x", "--output-dir", "y")
     assert (args.points_per_side, args.pred_iou_thresh, args.min_mask_region_area) == (32, 0.88,
                                                                                       100)
-    assert args.model_type == "vit_h" and args.amp is True
+    assert args.model_type == "vit_h" and args.amp is False  # the report ran SAM in fp32
     assert abs(args.crop_overlap_ratio - 512 / 1500) < 1e-12  # a float, not amg.py's type=int
     text = p2_sam.get_args_parser().format_help()
     for flag in ("--points-per-side", "--points-per-batch", "--pred-iou-thresh",
@@ -145,20 +148,20 @@ def test_relabelling_and_its_miou_hand_computed():
     # the mIoU of the relabelled map, by hand against GT:
     # 0: TP 6, FP 0, FN 0 -> 1; 1: TP 2, FP 1 (2,1), FN 2 (1,2),(1,3) -> 2/5;
     # 2: TP 3, FP 0, FN 1 (2,1) -> 3/4; 3: TP 0, FP 2 -> 0; 4, 5 absent -> left out.
-    cm = utils.ConfusionMatrix().update(GT, out)
+    cm = metrics.ConfusionMatrix().update(GT, out)
     assert cm.miou() == pytest.approx((1 + 2 / 5 + 3 / 4 + 0) / 4)
 
 
 # ------------------------------------------------------------------------------ checkpoints
 def test_missing_or_unreadable_checkpoint_is_one_line_naming_the_file(tmp_path):
     missing = tmp_path / "sam_vit_h_4b8939.pth"
-    with pytest.raises(utils.UserError) as e:
+    with pytest.raises(errors.UserError) as e:
         p2_sam.build_sam_model("vit_h", missing)
     assert str(missing) in e.value.message and "bash hw1_download.sh" in e.value.message
     assert "\n" not in e.value.message
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint at all" * 10)
-    with pytest.raises(utils.UserError) as e:
+    with pytest.raises(errors.UserError) as e:
         p2_sam.build_sam_model("vit_h", garbage)
     assert str(garbage) in e.value.message and "hw1_download.sh" in e.value.message
 
@@ -168,17 +171,17 @@ def test_checkpoint_of_another_model_type_suggests_the_right_one(tmp_path):
     torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(768, 3, 16, 16),
                 "image_encoder.pos_embed": torch.zeros(1, 64, 64, 768),
                 "mask_decoder.iou_token.weight": torch.zeros(1, 256)}, path)
-    with pytest.raises(utils.UserError) as e:
+    with pytest.raises(errors.UserError) as e:
         p2_sam.build_sam_model("vit_h", path)
     msg = e.value.message
     assert str(path) in msg and "--model-type vit_b" in msg and "hw1_download.sh" in msg
     # wrapped in a training checkpoint, with a DataParallel prefix: still recognised
     torch.save({"model": {"module.image_encoder.patch_embed.proj.weight":
                           torch.zeros(1024, 3, 16, 16)}}, path)
-    with pytest.raises(utils.UserError, match="--model-type vit_l"):
+    with pytest.raises(errors.UserError, match="--model-type vit_l"):
         p2_sam.build_sam_model("vit_h", path)
     torch.save({"conv.weight": torch.zeros(3, 3)}, path)
-    with pytest.raises(utils.UserError, match="not a SAM checkpoint"):
+    with pytest.raises(errors.UserError, match="not a SAM checkpoint"):
         p2_sam.build_sam_model("vit_b", path)
 
 
@@ -196,7 +199,7 @@ def test_matching_checkpoint_loads_on_the_device_and_a_partial_one_is_refused(tm
         torch.testing.assert_close(model.state_dict()[key], state[key])  # seed 2, not seed 1
     del state["mask_decoder.iou_token.weight"]
     torch.save(state, path)
-    with pytest.raises(utils.UserError, match="1 missing.*iou_token"):
+    with pytest.raises(errors.UserError, match="1 missing.*iou_token"):
         p2_sam.build_sam_model("vit_b", path)
 
 
@@ -253,7 +256,7 @@ def test_end_to_end_overlays_figure_masks_json_and_skipped_inputs(tmp_path):
     assert not (out / "broken_sam.png").exists()
     with Image.open(out / "sam_figure.png") as im:  # two images side by side
         assert im.width > 2 * 64 and im.height > 48
-    log = utils.read_jsonl(out / "sam_log.jsonl")
+    log = read_jsonl(out / "sam_log.jsonl")
     assert [r["id"] for r in log] == ["0008", "gray"] and all(r["seconds"] > 0 for r in log)
     assert json.loads((out / "args.json").read_text())["points_per_side"] == 3
     # --save-masks: one PNG per mask + metadata rows, largest first; --json: the same masks
@@ -283,49 +286,134 @@ def test_end_to_end_overlays_figure_masks_json_and_skipped_inputs(tmp_path):
 
 
 def image_at(path):
-    return np.asarray(utils.load_rgb(path))
+    return np.asarray(data.load_rgb(path))
 
 
-def test_sam_against_model_b_matches_the_pure_functions(tmp_path):
-    data, pred_dir, out = tmp_path / "val", tmp_path / "model_b", tmp_path / "out"
-    data.mkdir()
+def test_sam_against_model_b_with_a_tiny_sam_writes_the_table_and_figures(tmp_path):
+    val, pred_dir, out = tmp_path / "val", tmp_path / "model_b", tmp_path / "out"
+    val.mkdir()
     pred_dir.mkdir()
     for k, i in enumerate(SAMPLE_IDS):
         image, gt = small_sample(i, (48, 48))
-        Image.fromarray(image).save(data / f"{i}_sat.jpg")
-        utils.write_mask(data / f"{i}_mask.png", gt)
+        Image.fromarray(image).save(val / f"{i}_sat.jpg")
+        data.write_mask(val / f"{i}_mask.png", gt)
         pred = gt.copy()
         pred[: 8 + 4 * k] = (pred[: 8 + 4 * k] + 1) % 6  # model B errs on a top band
-        utils.write_mask(pred_dir / f"{i}_mask.png", pred)
-    args = parse("--input", data, "--ids", "0107", "0008", "0097", "--output-dir", out,
-                 "--gt-dir", data, "--pred-dir", pred_dir, "--save-masks", "--device", "cpu",
-                 *LOOSE)
+        data.write_mask(pred_dir / f"{i}_mask.png", pred)
+    ids = ["0107", "0008", "0097"]
+    args = parse("--input", val, "--ids", *ids, "--output-dir", out, "--gt-dir", val,
+                 "--pred-dir", pred_dir, "--save-masks", "--device", "cpu", *LOOSE)
     p2_sam.main(args, model=tiny_sam())
     summary = json.loads((out / "sam_vs_model_b.json").read_text())
-    assert summary["images"] == 3 and [r["id"] for r in summary["per_image"]] == ["0107", "0008",
-                                                                                 "0097"]
+    assert summary["images"] == 3 and [r["id"] for r in summary["per_image"]] == ids
     assert not (out / "0128_sam.png").exists()  # not among --ids
-    cm_b, cm_sam, pure, total = utils.ConfusionMatrix(), utils.ConfusionMatrix(), 0, 0
-    for r in summary["per_image"]:
-        i = r["id"]
-        gt = utils.read_mask(data / f"{i}_mask.png")
-        pred = utils.read_mask(pred_dir / f"{i}_mask.png")
-        masks = [np.asarray(Image.open(out / "masks" / i / f"{k}.png")) > 0
-                 for k in range(r["masks"])]
-        cm_b.update(gt, pred)
-        cm_sam.update(gt, p2_sam.relabel_with_masks(masks, pred))
-        p, t = p2_sam.mask_purity(masks, gt, return_counts=True)
-        pure, total = pure + p, total + t
+    # model B's own mIoU does not depend on SAM: the confusion matrix of its masks
+    cm_b = metrics.ConfusionMatrix()
+    for i in ids:
+        cm_b.update(data.read_mask(val / f"{i}_mask.png"),
+                    data.read_mask(pred_dir / f"{i}_mask.png"))
     assert summary["model_b"]["miou"] == pytest.approx(cm_b.miou(), abs=1e-6)
     assert summary["model_b"]["miou"] < 1.0  # the injected errors are seen
-    assert summary["sam_relabelled"]["miou"] == pytest.approx(cm_sam.miou(), abs=1e-6)
-    assert summary["purity"] == pytest.approx(pure / total, abs=1e-6)
+    for r in summary["per_image"]:  # the masks counted are the ones --save-masks wrote
+        assert r["masks"] == len(list((out / "masks" / r["id"]).glob("*.png")))
+        assert r["pixels"] == 48 * 48 and 0 <= r["covered_pixels"] <= r["pixels"]
     assert summary["masks"] == sum(r["masks"] for r in summary["per_image"])
-    table = (out / "sam_vs_model_b.md").read_text()
-    assert f"| model B | {cm_b.miou():.4f} |" in table
-    assert "| model B relabelled by SAM masks |" in table
+    assert (out / "sam_vs_model_b.md").read_text() == p2_sam.comparison_markdown(summary)
     with Image.open(out / "sam_vs_model_b.png") as im:  # 3 rows x 5 columns of 48 px
         assert im.width > 5 * 48 and im.height > 3 * 48
+
+
+# Two hand-made images and SAM masks, with every number of the summary worked out by hand.
+# Image 0001 (4 x 4): ground truth, model B, and SAM's masks m1 (6 px), m2 (4 px), m3 (8 px)
+GT_A = np.array([[0, 0, 1, 1],          # m1 = rows 0-2, cols 0-1
+                 [0, 0, 1, 1],          # m2 = rows 0-1, cols 2-3
+                 [2, 2, 2, 2],          # m3 = rows 2-3 (overlaps m1 on (2, 0), (2, 1))
+                 [2, 2, 6, 6]], np.uint8)
+PRED_A = np.array([[0, 0, 0, 1],
+                   [0, 1, 1, 1],
+                   [2, 2, 2, 1],
+                   [2, 2, 2, 2]], np.uint8)
+# Image 0002 (2 x 4): n1 = every pixel but (1, 3) (7 px), n2 = (0, 1), (0, 2) (2 px)
+GT_B = np.array([[0, 6, 6, 1],
+                 [1, 1, 1, 1]], np.uint8)
+PRED_B = np.array([[1, 1, 0, 1],
+                   [1, 1, 1, 1]], np.uint8)
+
+
+def hand_made_masks():
+    """{(H, W): SAM's masks of the image of that size}, not in area order."""
+    m1, m2, m3 = _mask(slice(0, 3), slice(0, 2)), _mask(slice(0, 2), slice(2, 4)), _mask(
+        slice(2, 4), slice(0, 4))
+    n1 = np.ones((2, 4), bool)
+    n1[1, 3] = False
+    n2 = _mask(0, slice(1, 3), shape=(2, 4))
+    return {(4, 4): [m2, m1, m3], (2, 4): [n2, n1]}
+
+
+def test_sam_against_model_b_summary_equals_hand_computed_numbers(tmp_path, monkeypatch):
+    masks = hand_made_masks()
+    monkeypatch.setattr(p2_sam.SamAutomaticMaskGenerator, "generate", lambda self, image: [
+        {"segmentation": m, "area": int(m.sum())} for m in masks[image.shape[:2]]])
+    val, pred_dir, runs = tmp_path / "val", tmp_path / "model_b", tmp_path / "runs"
+    val.mkdir()
+    pred_dir.mkdir()
+    for i, gt, pred in (("0001", GT_A, PRED_A), ("0002", GT_B, PRED_B)):
+        data.save_image(val / f"{i}_sat.png", np.zeros((*gt.shape, 3), np.uint8))
+        data.write_mask(val / f"{i}_mask.png", gt)
+        data.write_mask(pred_dir / f"{i}_mask.png", pred)
+    out = runs / "sam_vs_b"
+    p2_sam.main(parse("--input", val / "0001_sat.png", val / "0002_sat.png", "--output-dir", out,
+                      "--gt-dir", val, "--pred-dir", pred_dir, "--device", "cpu"),
+                model=tiny_sam())
+    s = json.loads((out / "sam_vs_model_b.json").read_text())
+    # Purity, max_c |m & GT_c| / |m|. 0001: m1 GT 0,0,0,0,2,2 -> 4/6; m2 GT 1 x4 -> 4/4;
+    # m3 GT 2 x6, Unknown x2 -> 6/8; sum 14/18. 0002: n1 GT 0, Unknown x2, 1 x4 -> 4/7; n2 GT
+    # Unknown x2 -> 2/2 (Unknown is a class here); sum 6/9. Pooled (14 + 6) / (18 + 9) = 20/27.
+    # Relabelled, largest first (m3 -> 2 (pred 2 x7, 1 x1), m1 -> 0 (pred 0 x3, 2 x2, 1 x1) over
+    # m3 on (2, 0), (2, 1), m2 -> 1 (pred 1 x3, 0 x1); n1 -> 1 (pred 1 x6), n2: pred 1, 0 is a
+    # tie -> 0; (1, 3) of 0002 is under no mask and keeps model B's 1):
+    #   0001: [[0,0,1,1],[0,0,1,1],[0,0,2,2],[2,2,2,2]], 5 pixels changed: (0,2) (1,1) (2,0)
+    #         (2,1) (2,3);  0002: [[1,0,0,1],[1,1,1,1]], 1 changed: (0,1)
+    assert s["per_image"] == [
+        {"id": "0001", "masks": 3, "purity": 0.777778, "pixels": 16, "covered_pixels": 16,
+         "changed_pixels": 5},
+        {"id": "0002", "masks": 2, "purity": 0.666667, "pixels": 8, "covered_pixels": 7,
+         "changed_pixels": 1}]
+    assert (s["images"], s["masks"], s["purity"]) == (2, 5, 0.740741)  # 20/27
+    assert s["coverage"] == 0.958333  # (16 + 7) / (16 + 8) = 23/24
+    # model B over both images (24 px; an Unknown-truth pixel predicted c is a false positive
+    # of c): Urban TP 3 FP 2 ((0,2) of both) FN 2 -> 3/7; Agriculture TP 8 FP 4 FN 1 -> 8/13;
+    # Rangeland TP 5 FP 2 (0001's Unknown) FN 1 -> 5/8; Forest, Water, Barren absent -> left out.
+    # mIoU (3/7 + 8/13 + 5/8) / 3 = (0.428571 + 0.615385 + 0.625) / 3 = 0.556319; accuracy 16/24
+    absent = {"Forest": None, "Water": None, "Barren": None}
+    assert s["model_b"] == {"miou": 0.556319, "pixel_accuracy": 0.666667, "iou": {
+        "Urban": 0.428571, "Agriculture": 0.615385, "Rangeland": 0.625, **absent}}
+    # relabelled: Urban TP 4 FP 4 (0001's (2,0), (2,1); 0002's Unknown (0,1), (0,2)) FN 1 -> 4/9;
+    # Agriculture TP 9 FP 1 FN 0 -> 9/10; Rangeland TP 4 FP 2 FN 2 -> 4/8.
+    # mIoU (0.444444 + 0.9 + 0.5) / 3 = 0.614815; accuracy (4 + 9 + 4) / 24 = 17/24
+    assert s["sam_relabelled"] == {"miou": 0.614815, "pixel_accuracy": 0.708333, "iou": {
+        "Urban": 0.444444, "Agriculture": 0.9, "Rangeland": 0.5, **absent}}
+    log = read_jsonl(out / "sam_log.jsonl")
+    assert [(r["id"], r["purity"], r["changed_pixels"]) for r in log] == [
+        ("0001", 0.777778, 5), ("0002", 0.666667, 1)]
+
+    # the table: these numbers; the definitions: the docstrings, quoted in the JSON and the table
+    table = (out / "sam_vs_model_b.md").read_text()
+    assert "| model B | 0.5563 | 0.4286 | 0.6154 | 0.6250 | n/a | n/a | n/a |" in table
+    assert ("| model B relabelled by SAM masks | 0.6148 | 0.4444 | 0.9000 | 0.5000 | n/a | n/a | "
+            "n/a |") in table
+    assert "5 SAM masks" in table and "purity against ground truth 0.7407" in table
+    assert "pixels under a mask 0.9583." in table
+    assert s["definitions"] == p2_sam.definitions()
+    assert s["definitions"]["purity"].startswith(
+        "Class purity of SAM's masks against ground truth: sum_m max_c |m & GT_c| / sum_m |m|")
+    assert s["definitions"]["sam_relabelled"].startswith("Model B relabelled by SAM masks:")
+    assert "IoU_c = TP / (TP + FP + FN)" in s["definitions"]["miou"]
+    for key, text in s["definitions"].items():
+        assert f"- {key}: {text}" in table.splitlines()
+    # RESULTS.md includes the table as p2_sam.py wrote it
+    section = "\n".join(results_report.sam_section(tmp_path, runs, {}))
+    assert table.strip() in section and "sam_vs_model_b.png" in section
 
 
 def test_missing_model_b_prediction_stops_before_sam_runs(tmp_path):
@@ -333,8 +421,8 @@ def test_missing_model_b_prediction_stops_before_sam_runs(tmp_path):
     pred_dir.mkdir()
     args = parse("--input", SAMPLES, "--ids", "0008", "--output-dir", tmp_path / "out",
                  "--gt-dir", SAMPLES, "--pred-dir", pred_dir)
-    with pytest.raises(utils.UserError, match="0008_mask.png.*hw1_2.sh"):
+    with pytest.raises(errors.UserError, match="0008_mask.png.*hw1_2.sh"):
         p2_sam.main(args, model=tiny_sam())
-    with pytest.raises(utils.UserError, match="go together"):
+    with pytest.raises(errors.UserError, match="go together"):
         p2_sam.main(parse("--input", SAMPLES, "--output-dir", tmp_path / "o", "--gt-dir",
                           SAMPLES), model=tiny_sam())

@@ -12,13 +12,17 @@ import torch
 import torchvision
 from PIL import Image
 
+import augment
+import data
+import metrics
 import p2_evaluate
+import training
 import utils
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO.parent / "shared" / "data" / "p2_samples"
+SAMPLES = REPO / "tests" / "data"
 SAMPLE_IDS = ("0008", "0097", "0107", "0128")
-# class pixel counts of the real samples, from shared/data/p2_samples/SOURCES.md
+# class pixel counts of the real samples, from tests/data/SOURCES.md
 SAMPLE_COUNTS = {
     "0008": {"Water": 64849, "Rangeland": 80787, "Agriculture": 116508},
     "0097": {"Water": 7522, "Forest": 167706, "Urban": 1856, "Rangeland": 20023,
@@ -32,10 +36,10 @@ SAMPLE_COUNTS = {
 # --------------------------------------------------------------------------------- mask codec
 @pytest.mark.parametrize("mask_id", SAMPLE_IDS)
 def test_codec_on_real_masks_matches_published_counts(mask_id):
-    classes = utils.read_mask(SAMPLES / f"{mask_id}_mask.png")
+    classes = data.read_mask(SAMPLES / f"{mask_id}_mask.png")
     assert classes.shape == (512, 512)
     values, counts = np.unique(classes, return_counts=True)
-    got = {utils.CLASS_NAMES[v]: int(c) for v, c in zip(values, counts)}
+    got = {data.CLASS_NAMES[v]: int(c) for v, c in zip(values, counts)}
     assert got == SAMPLE_COUNTS[mask_id]
 
 
@@ -44,23 +48,23 @@ def test_codec_thresholds_each_channel_at_128_and_red_is_unknown():
                      [10, 250, 5], [0, 0, 128], [130, 129, 128], [40, 40, 40], [255, 0, 0]]],
                    dtype=np.uint8)
     # cyan, noisy cyan, yellow, noisy magenta, green, blue, white at threshold, black, red
-    assert utils.mask_to_classes(rgb).tolist() == [[0, 0, 1, 2, 3, 4, 5, 6, 6]]
+    assert data.mask_to_classes(rgb).tolist() == [[0, 0, 1, 2, 3, 4, 5, 6, 6]]
 
 
 def test_palette_round_trip_through_png(tmp_path):
     classes = np.arange(7, dtype=np.uint8).repeat(3).reshape(3, 7)
-    utils.write_mask(tmp_path / "0001_mask.png", classes)
+    data.write_mask(tmp_path / "0001_mask.png", classes)
     rgb = np.asarray(Image.open(tmp_path / "0001_mask.png"))
     assert rgb.dtype == np.uint8 and rgb.shape == (3, 7, 3)
-    assert {tuple(p) for p in rgb.reshape(-1, 3)} == {tuple(p) for p in utils.PALETTE}
-    assert np.array_equal(utils.read_mask(tmp_path / "0001_mask.png"), classes)
+    assert {tuple(p) for p in rgb.reshape(-1, 3)} == {tuple(p) for p in data.PALETTE}
+    assert np.array_equal(data.read_mask(tmp_path / "0001_mask.png"), classes)
 
 
 # --------------------------------------------------------------------------------- mIoU
 def test_confusion_matrix_iou_by_hand():
     # truth:  0 0 1 1 6 6 2
     # pred :  0 1 1 1 0 3 3
-    cm = utils.ConfusionMatrix().update(torch.tensor([0, 0, 1, 1, 6, 6, 2]),
+    cm = metrics.ConfusionMatrix().update(torch.tensor([0, 0, 1, 1, 6, 6, 2]),
                                         torch.tensor([0, 1, 1, 1, 0, 3, 3]))
     iou = cm.iou()
     # class 0: TP 1, FP 1 (the Unknown pixel), FN 1 -> 1/3
@@ -73,7 +77,7 @@ def test_confusion_matrix_iou_by_hand():
 
 
 def test_confusion_matrix_sums_over_images_not_per_image_mean():
-    cm = utils.ConfusionMatrix()
+    cm = metrics.ConfusionMatrix()
     cm.update(torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))  # IoU_0 = 1
     cm.update(torch.tensor([0]), torch.tensor([5]))  # IoU_0 = 0 on this image alone
     # over all pixels: TP 4, FN 1 -> 0.8 (a per-image mean would give 0.5)
@@ -97,9 +101,9 @@ def test_evaluate_perfect_prediction_is_one(tmp_path):
 def test_evaluate_known_corruption_by_hand(tmp_path, capsys):
     pred = _copy_masks(tmp_path / "pred")
     # in 0008 every Water pixel is predicted Agriculture
-    classes = utils.read_mask(SAMPLES / "0008_mask.png")
+    classes = data.read_mask(SAMPLES / "0008_mask.png")
     classes[classes == 4] = 1
-    utils.write_mask(pred / "0008_mask.png", classes)
+    data.write_mask(pred / "0008_mask.png", classes)
     water = 11515 / (11515 + 64849)  # TP = water of 0097, 0107, 0128; FN = water of 0008
     agri = 244832 / (244832 + 64849)  # TP = all agriculture; FP = the relabelled water
     expected = (1 + agri + 1 + 1 + water + 1) / 6
@@ -137,30 +141,30 @@ def test_read_office_test_csv_with_none_labels(tmp_path):
         Image.new("RGB", (5, 4)).save(tmp_path / "img" / name)
     csv = tmp_path / "test.csv"
     csv.write_text("id,filename,label\n0,0000.jpg,None\n1,0001.jpg,\n")
-    rows = utils.read_office_csv(csv, tmp_path / "img", require_labels=False)
+    rows = data.read_office_csv(csv, tmp_path / "img", require_labels=False)
     assert [(r["id"], r["filename"], r["label"]) for r in rows] == [("0", "0000.jpg", -1),
                                                                    ("1", "0001.jpg", -1)]
     with pytest.raises(SystemExit, match="no label"):
-        utils.read_office_csv(csv, tmp_path / "img", require_labels=True)
+        data.read_office_csv(csv, tmp_path / "img", require_labels=True)
     csv.write_text("id,filename,label\n0,13_15.jpg,13\n")
     with pytest.raises(SystemExit, match="13_15.jpg"):
-        utils.read_office_csv(csv, tmp_path / "img")
+        data.read_office_csv(csv, tmp_path / "img")
     csv.write_text("id,label\n0,13\n")
     with pytest.raises(SystemExit, match="expected id,filename,label"):
-        utils.read_office_csv(csv)
+        data.read_office_csv(csv)
 
 
 def test_sat_pairs_by_id_and_unpaired_error(tmp_path):
     for i in ("0002", "0001"):
         Image.new("RGB", (4, 4)).save(tmp_path / f"{i}_sat.jpg")
         Image.new("RGB", (4, 4)).save(tmp_path / f"{i}_mask.png")
-    pairs = utils.list_sat_pairs(tmp_path)
+    pairs = data.list_sat_pairs(tmp_path)
     assert [(i, s.name, m.name) for i, s, m in pairs] == [
         ("0001", "0001_sat.jpg", "0001_mask.png"), ("0002", "0002_sat.jpg", "0002_mask.png")]
     Image.new("RGB", (4, 4)).save(tmp_path / "0003_sat.jpg")
     with pytest.raises(SystemExit, match="0003_sat.jpg has no partner 0003_mask.png"):
-        utils.list_sat_pairs(tmp_path)
-    assert len(utils.list_sat_pairs(tmp_path, require_masks=False)) == 3
+        data.list_sat_pairs(tmp_path)
+    assert len(data.list_sat_pairs(tmp_path, require_masks=False)) == 3
 
 
 # --------------------------------------------------------------------------------- image bank
@@ -172,23 +176,23 @@ def test_image_bank_decodes_resizes_and_reuses_its_cache(tmp_path, monkeypatch):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(arr).save(paths[-1])
     with pytest.raises(SystemExit, match="different sizes"):
-        utils.ImageBank.from_paths(paths)
-    bank = utils.ImageBank.from_paths(paths, size=8, cache_dir=tmp_path / "cache")
+        data.ImageBank.from_paths(paths)
+    bank = data.ImageBank.from_paths(paths, size=8, cache_dir=tmp_path / "cache")
     assert bank.images.shape == (3, 3, 8, 8) and bank.images.dtype == torch.uint8
     expected = np.asarray(Image.open(paths[2]).convert("RGB").resize((8, 8), Image.BICUBIC))
     assert np.array_equal(bank.images[2].permute(1, 2, 0).numpy(), expected)
     assert len(list((tmp_path / "cache").glob("bank-image-*.npy"))) == 1
 
     # the second load must come from the cache: decoding now fails loudly
-    monkeypatch.setattr(utils, "_decode", lambda *a: (_ for _ in ()).throw(AssertionError))
-    again = utils.ImageBank.from_paths(paths, size=8, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(data, "_decode", lambda *a: (_ for _ in ()).throw(AssertionError))
+    again = data.ImageBank.from_paths(paths, size=8, cache_dir=tmp_path / "cache")
     assert torch.equal(again.images, bank.images)
     batch = again.batch(torch.tensor([2, 0]))
     assert torch.equal(batch[0], bank.images[2])
 
 
 def test_mask_bank_holds_class_indices():
-    bank = utils.ImageBank.from_paths([SAMPLES / "0107_mask.png"], kind="mask")
+    bank = data.ImageBank.from_paths([SAMPLES / "0107_mask.png"], kind="mask")
     assert bank.images.shape == (1, 512, 512)
     assert int((bank.images == 0).sum()) == 129904  # Urban pixels of 0107
 
@@ -197,14 +201,14 @@ def test_mask_bank_holds_class_indices():
 def test_classification_augment_draws_per_sample():
     torch.manual_seed(0)
     same = torch.randint(0, 256, (1, 3, 40, 40), dtype=torch.uint8).repeat(8, 1, 1, 1)
-    aug = utils.ClassificationAugment(size=32, p_jitter=0.8, jitter=(0.4, 0.4, 0.2, 0.1),
+    aug = augment.ClassificationAugment(size=32, p_jitter=0.8, jitter=(0.4, 0.4, 0.2, 0.1),
                                       p_gray=0.2, p_blur=0.5, p_solarize=0.2)
     out = aug(same)
     assert out.shape == (8, 3, 32, 32)
     flat = out.flatten(1)
     # eight copies of one image give eight different views
     assert torch.cdist(flat, flat).add(torch.eye(8) * 1e9).min() > 1e-3
-    ev = utils.ClassificationAugment(size=32, train=False)(same)
+    ev = augment.ClassificationAugment(size=32, train=False)(same)
     assert torch.allclose(ev[0], ev[7])
 
 
@@ -212,8 +216,8 @@ def test_segmentation_augment_is_joint_and_exact():
     torch.manual_seed(1)
     x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
     m = torch.randint(0, 7, (6, 8, 8), dtype=torch.uint8)
-    img, mask = utils.SegmentationAugment(min_scale=1.0)(x, m)
-    xf = utils.normalize(utils.to_float(x))
+    img, mask = augment.SegmentationAugment(min_scale=1.0)(x, m)
+    xf = augment.normalize(augment.to_float(x))
     seen = set()
     for i in range(6):
         # with no crop, each output is one of the 8 flips/rotations of its input,
@@ -234,7 +238,7 @@ def _dihedral(a, k):
 def test_gaussian_blur_per_sample_sigma():
     x = torch.zeros(2, 1, 21, 21)  # wide enough that the reflected border stays zero
     x[:, :, 10, 10] = 1.0
-    y = utils.gaussian_blur(x, torch.tensor([0.5, 2.0]), kernel_size=9)
+    y = augment.gaussian_blur(x, torch.tensor([0.5, 2.0]), kernel_size=9)
     assert y.sum((1, 2, 3)).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
     assert y[0, 0, 10, 10] > y[1, 0, 10, 10]  # the narrower kernel keeps more in the centre
     t = torch.arange(-4, 5, dtype=torch.float32)
@@ -250,7 +254,8 @@ def test_checkpoint_round_trip_and_failed_save_keeps_the_old_one(tmp_path, monke
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
     path = tmp_path / "ckpt.pth"
-    utils.save_checkpoint(path, model, opt, epoch=3, best_metric=0.5, args={"lr": 1e-3})
+    utils.save_checkpoint(path, model, opt, kind="byol", epoch=3, best_metric=0.5,
+                          args={"lr": 1e-3})
     ckpt = utils.load_checkpoint(path)
     assert ckpt["epoch"] == 3 and ckpt["best_metric"] == 0.5 and ckpt["args"] == {"lr": 1e-3}
     assert torch.equal(ckpt["model"]["weight"], model.weight)
@@ -265,7 +270,7 @@ def test_checkpoint_round_trip_and_failed_save_keeps_the_old_one(tmp_path, monke
 
     monkeypatch.setattr(torch, "save", crash_midway)
     with pytest.raises(KeyboardInterrupt):
-        utils.save_checkpoint(path, model, opt, epoch=4)
+        utils.save_checkpoint(path, model, opt, kind="byol", epoch=4)
     monkeypatch.undo()
     assert utils.load_checkpoint(path)["epoch"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]  # no temp file left behind
@@ -277,6 +282,26 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
     (tmp_path / "bad.pth").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(SystemExit, match="bad.pth cannot be read"):
         utils.load_checkpoint(tmp_path / "bad.pth")
+
+
+def test_every_checkpoint_records_its_kind_and_loaders_name_a_wrong_one(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    utils.save_checkpoint(tmp_path / "byol.pth", model, kind="byol", epoch=1)
+    ckpt = utils.load_checkpoint(tmp_path / "byol.pth", kind="byol")
+    assert set(ckpt) == {"kind", "model", "optimizer", "scheduler", "scaler", "epoch",
+                         "best_metric", "best_epoch", "args"} and ckpt["kind"] == "byol"
+    with pytest.raises(SystemExit) as e:
+        utils.load_checkpoint(tmp_path / "byol.pth", kind="p2_segmenter")
+    assert str(e.value) == (
+        f"error: {tmp_path / 'byol.pth'} is a BYOL pre-training checkpoint of "
+        "p1_pretrain_byol.py, not a Problem 2 model of p2_train_fcn32s.py or "
+        "p2_train_deeplabv3.py; pass a best.pth of p2_train_fcn32s.py or p2_train_deeplabv3.py "
+        "(e.g. checkpoints/p2_B.pth)")
+    torch.save(model.state_dict(), tmp_path / "bare.pth")
+    with pytest.raises(SystemExit, match=r"bare.pth is a bare state_dict .* not a Problem 1 "):
+        utils.load_checkpoint(tmp_path / "bare.pth", kind="p1_classifier", expect_keys=())
+    with pytest.raises(ValueError, match="unknown checkpoint kind"):
+        utils.save_checkpoint(tmp_path / "x.pth", model, kind="p3")
 
 
 def test_load_resnet_weights_reports_missing_and_unexpected(tmp_path, capsys):
@@ -296,14 +321,17 @@ def test_load_resnet_weights_reports_missing_and_unexpected(tmp_path, capsys):
 def test_resume_run_without_last_checkpoint_keeps_the_best_metric(tmp_path, capsys):
     (tmp_path / "log.jsonl").write_text('{"epoch": 1}\n')
     model = torch.nn.Linear(2, 2)
-    assert utils.resume_run(tmp_path, model, best_metric=0.25) == (1, 0.25, 0)
+    assert training.resume_run(tmp_path, model, kind="p2_segmenter",
+                               best_metric=0.25) == (1, 0.25, 0)
     assert (tmp_path / "log.jsonl").read_text() == ""  # nothing of the lost run is kept
     assert "starting at epoch 1" in capsys.readouterr().out
-    utils.save_checkpoint(tmp_path / "last.pth", model, epoch=3, best_metric=0.5,
-                          args={"model_name": "fcn32s"})
-    assert utils.resume_run(tmp_path, model, best_metric=0.25)[:2] == (4, 0.5)
+    utils.save_checkpoint(tmp_path / "last.pth", model, kind="p2_segmenter", epoch=3,
+                          best_metric=0.5, best_epoch=2, args={"model_name": "fcn32s"})
+    assert training.resume_run(tmp_path, model, kind="p2_segmenter",
+                               best_metric=0.25) == (4, 0.5, 2)
     with pytest.raises(SystemExit, match="model_name=fcn32s, not deeplabv3"):
-        utils.resume_run(tmp_path, model, expect={"model_name": "deeplabv3"})
+        training.resume_run(tmp_path, model, kind="p2_segmenter",
+                            expect={"model_name": "deeplabv3"})
 
 
 def test_make_optimizer_decays_weights_only_and_keeps_group_lrs():
@@ -311,7 +339,7 @@ def test_make_optimizer_decays_weights_only_and_keeps_group_lrs():
     head, body = torch.nn.Linear(3, 2), torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1),
                                                             torch.nn.BatchNorm2d(3))
     body[0].bias.requires_grad_(False)  # frozen: left out
-    opt = utils.make_optimizer([{"params": head.parameters(), "lr": 0.5},
+    opt = training.make_optimizer([{"params": head.parameters(), "lr": 0.5},
                                 {"params": body.parameters(), "lr": 0.05}],
                                "adamw", 1.0, 0.1, "cpu")
     got = [(g["lr"], g["weight_decay"], [tuple(p.shape) for p in g["params"]])
@@ -325,7 +353,7 @@ def test_make_optimizer_decays_weights_only_and_keeps_group_lrs():
     opt.step()
     torch.testing.assert_close(head.weight.detach(), w0 * (1 - 0.5 * 0.1))
     assert torch.equal(head.bias.detach(), b0)
-    sgd = utils.make_optimizer(head.parameters(), "sgd", 0.1, 1e-4, "cpu", nesterov=True)
+    sgd = training.make_optimizer(head.parameters(), "sgd", 0.1, 1e-4, "cpu", nesterov=True)
     assert [g["nesterov"] and g["momentum"] for g in sgd.param_groups] == [0.9, 0.9]
     with pytest.raises(ValueError, match="unknown optimizer"):
-        utils.make_optimizer(head.parameters(), "lamb", 0.1, 0.0, "cpu")
+        training.make_optimizer(head.parameters(), "lamb", 0.1, 0.0, "cpu")

@@ -7,7 +7,7 @@
 #      host syncs per step), with torch.profiler's top kernels of ours per workload;
 #   3. bench.py --ablate (BYOL and DeepLabV3, each tuning switch off in turn);
 #   4. bench.py --compile (fine-tuning and DeepLabV3 under torch.compile), if time is left.
-# Usage: bash tools/gpu_prepare.sh here (wheels and samples into .gpu/), then on the machine:
+# Usage: bash tools/gpu_prepare.sh here (wheels into .gpu/), then on the machine:
 #   bash tools/gpu_check.sh [OUT_DIR]     (default: $OUT, else results/gpu)
 # Results: OUT_DIR/{env.txt, gpu_check.log, bench_cuda.json, profile_cuda.txt,
 # bench_ablate.json, bench_compile.json}; bench.py saves its JSON after every workload, so a stage cut at its
@@ -27,7 +27,6 @@ if compgen -G ".gpu/whl/*.whl" >/dev/null; then
         --target /tmp/gpu_check_site .gpu/whl/*.whl || exit 1
     export PYTHONPATH=/tmp/gpu_check_site${PYTHONPATH:+:$PYTHONPATH}
 fi
-[[ -d .gpu/p2_samples ]] && export HW1_SAMPLES_DIR=$PWD/.gpu/p2_samples
 
 # stage NAME SECONDS COMMAND...: run COMMAND with a limit cut to what is left of the budget
 stage() {

@@ -1,0 +1,149 @@
+"""What a run records and reads back, without torch: atomic file writes, args.json and other
+JSON files, log.jsonl (one line per epoch), curve figures, the git SHA.
+
+results_report.py and the training scripts share these, so a log is written and read one way.
+"""
+
+import json
+import os
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from errors import UserError
+
+
+def git_sha():
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).resolve().parent, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _jsonable(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def read_json(path):
+    """The parsed file, or None when it is missing or not JSON (results not written yet)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path, obj):
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
+
+
+def append_jsonl(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record, default=_jsonable) + "\n")
+
+
+def read_jsonl(path):
+    """The records of a .jsonl file. A last line cut short (a kill -9 while it was appended) is
+    skipped, so a killed run can still be resumed; a broken line before it is an error."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise UserError(f"{path}:{i + 1} is not a JSON line; repair or delete it") from None
+    return records
+
+
+def truncate_jsonl(path, last_epoch):
+    """Drop log lines past `last_epoch`, so a resumed run never logs an epoch twice."""
+    records = [r for r in read_jsonl(path) if r.get("epoch", 0) <= last_epoch]
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+    return records
+
+
+def plot_curves(records, keys, path, title=None):
+    """One PNG with one panel per key of `keys` against epoch (keys absent from the log skipped)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in keys if any(k in r for r in records)]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["epoch"], r[key]) for r in records if key in r and r[key] is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)
+
+
+def save_figure(fig, path, **savefig_kwargs):
+    """Write a matplotlib figure as PNG atomically (whole or absent) and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return _atomic_write(path, lambda f: fig.savefig(f, format="png", **savefig_kwargs),
+                             sync=False)
+    finally:
+        plt.close(fig)
+
+
+_UMASK = []
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask():
+    """The process umask, read once (reading it means setting it: a lock keeps the decoding
+    and writing threads from seeing each other's temporary value)."""
+    with _UMASK_LOCK:
+        if not _UMASK:
+            _UMASK.append(os.umask(0o022))
+            os.umask(_UMASK[0])
+        return _UMASK[0]
+
+
+def _atomic_write(path, write, sync=True):
+    """Write `path` through `write(file)` into a hidden temp file beside it, then os.replace:
+    readers see the old file or the whole new one, never a part; a failed write leaves no temp
+    file behind. The result gets the usual permissions (0666 minus the umask; temp files are
+    0600)."""
+    path = Path(path)
+    tmp = None
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
+                                         delete=False) as f:
+            tmp = f.name
+            write(f)
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+        tmp = None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_bytes(path, data, sync=True):
+    return _atomic_write(path, lambda f: f.write(data), sync)

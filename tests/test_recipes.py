@@ -1,0 +1,202 @@
+"""The two named recipes against the table (the project's RECIPES.md, written here by hand).
+
+Each script's parser is built for each recipe and the values that decide a result are compared
+with the numbers of the report's code (stann37/DLCV HW1) and of the strongest public runs:
+optimizer, learning rate, weight decay and which parameters get it, batch, epochs, schedule,
+loss and class weights, augmentation, what is frozen and whether BatchNorm statistics move.
+"""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import p1_common
+import p1_finetune
+import p1_pretrain_byol
+import p2_engine
+import p2_train_deeplabv3
+import p2_train_fcn32s
+import recipes
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse(module, *argv):
+    return module.get_args_parser().parse_args([str(a) for a in argv])
+
+
+def byol(recipe):
+    return parse(p1_pretrain_byol, "--data-dir", "mini", "--recipe", recipe)
+
+
+def finetune(recipe, setting="C"):
+    return parse(p1_finetune, "--setting", setting, "--data-dir", "office", "--recipe", recipe)
+
+
+@pytest.mark.parametrize("script", sorted(recipes.RECIPES))
+def test_every_recipe_value_is_a_flag_of_its_script(script):
+    module = {"p1_pretrain_byol": p1_pretrain_byol, "p1_finetune": p1_finetune,
+              "p2_train_fcn32s": p2_train_fcn32s, "p2_train_deeplabv3": p2_train_deeplabv3}[script]
+    dests = {a.dest for a in module.get_args_parser()._actions}
+    for recipe in recipes.NAMES:
+        assert set(recipes.settings(script, recipe)) <= dests, script
+
+
+def test_byol_report_is_the_reports_code():
+    a = byol("report")
+    assert (a.epochs, a.batch_size, a.lr, a.weight_decay) == (300, 256, 1e-3, 0.01)
+    assert a.decay_all  # AdamW(learner.parameters(), weight_decay=0.01): biases and BN too
+    assert (a.schedule, a.warmup_epochs) == ("constant", 0.0)
+    assert (a.target, a.ema_decay, a.ema_schedule) == ("ema", 0.99, "constant")
+    assert a.aug == "report+lib" and a.bank_size == 128 and a.export == "best"
+    views = p1_pretrain_byol.build_views(a.aug, 128, torch.device("cpu"))
+    first = views[0].augment  # the report's list: RRC(128), flip, ColorJitter(0.2 x 4) always
+    assert (first.scale, first.p_flip, first.jitter, first.p_jitter) == (
+        (0.08, 1.0), 0.5, (0.2, 0.2, 0.2, 0.2), 1.0)
+    lib = [type(m).__name__ for m in views[0].then]  # then byol-pytorch's default, per batch
+    assert lib == ["RandomApply", "RandomGrayscale", "RandomHorizontalFlip", "RandomApply",
+                   "RandomResizedCrop", "Normalize"]
+
+
+def test_byol_strong_is_the_long_warm_cosine_asymmetric_run():
+    a = byol("strong")
+    assert (a.epochs, a.batch_size, a.lr, a.weight_decay) == (1000, 512, 1e-4, 0.0)
+    assert (a.schedule, a.warmup_epochs) == ("cosine", 13.0)  # 1000 steps of 75 per epoch
+    assert (a.aug, a.ema_schedule, a.target) == ("byol", "cosine", "ema")
+    views = p1_pretrain_byol.build_views(a.aug, 128, torch.device("cpu"))
+    assert [(v.augment.p_blur, v.augment.p_solarize) for v in views] == [(1.0, 0.0), (0.1, 0.2)]
+    assert all(v.then is None for v in views)
+    assert parse(p1_pretrain_byol, "--data-dir", "m", "--recipe", "strong",
+                 "--target", "simsiam").target == "simsiam"  # the option the issue asks for
+
+
+def decayed(optimizer):
+    """{number of parameters with weight decay > 0, without}."""
+    on = sum(len(g["params"]) for g in optimizer.param_groups if g["weight_decay"] > 0)
+    off = sum(len(g["params"]) for g in optimizer.param_groups if g["weight_decay"] == 0)
+    return on, off
+
+
+def test_finetune_report_is_the_reports_code():
+    a = finetune("report")
+    assert (a.optimizer, a.lr, a.weight_decay, a.batch_size, a.epochs) == (
+        "adamw", 3e-4, 1e-5, 64, 300)
+    assert (a.schedule, a.warmup_epochs, a.label_smoothing) == ("constant", 0.0, 0.0)
+    assert (a.bank_size, a.image_size, a.backbone_lr_scale) == (128, 128, 1.0)
+    model = p1_common.Classifier(65)
+    optimizer = p1_finetune.build_optimizer(model, a)
+    n = len(list(model.parameters()))
+    assert decayed(optimizer) == (n, 0)  # every parameter decays, biases and BN included
+    assert {g["lr"] for g in optimizer.param_groups} == {3e-4}  # one lr for head and backbone
+    aug = p1_finetune.build_augment(a)  # RRC, flip, rotation 15, RandomCrop pad 4, CJ 0.2 x 4
+    assert (aug.scale, aug.degrees, aug.translate, aug.jitter, aug.p_jitter) == (
+        (0.08, 1.0), 15.0, 4 / 128, (0.2, 0.2, 0.2, 0.2), 1.0)
+    # gradual unfreezing: head only for 0-based epochs 0-7, + layer4 from 8, all from 12
+    steps = p1_finetune.parse_unfreeze(a.unfreeze)
+    trainable = {}
+    for epoch in (1, 8, 9, 12, 13):  # 1-based, as the loop counts
+        p1_finetune.unfreeze(model, steps, epoch)
+        trainable[epoch] = {n.split(".")[0] for n, p in model.named_parameters()
+                            if p.requires_grad}
+    assert trainable[1] == trainable[8] == {"fc"}
+    assert trainable[9] == trainable[12] == {"fc", "layer4"}
+    assert "conv1" in trainable[13] and "layer1" in trainable[13]
+    # D/E: the backbone is frozen, but model.train() still moves its BatchNorm statistics
+    d = finetune("report", "D")
+    frozen = p1_common.Classifier(65, freeze_backbone=True, freeze_bn=d.freeze_bn).train()
+    assert frozen.bn1.training and not frozen.conv1.weight.requires_grad
+
+
+def test_finetune_strong_trains_all_at_once_and_freezes_bn_in_d_and_e():
+    a = finetune("strong")
+    assert (a.optimizer, a.lr, a.weight_decay, a.batch_size, a.epochs) == (
+        "adamw", 5e-4, 0.0, 64, 300)
+    assert (a.schedule, a.warmup_epochs, a.unfreeze, a.aug) == ("cosine", 1.6, "", "simclr")
+    aug = p1_finetune.build_augment(a)
+    assert (aug.jitter, aug.p_jitter, aug.p_gray, aug.p_blur) == ((0.8, 0.8, 0.8, 0.2), 0.8,
+                                                                   0.2, 0.5)
+    frozen = p1_common.Classifier(65, freeze_backbone=True,
+                                  freeze_bn=finetune("strong", "E").freeze_bn).train()
+    assert not frozen.bn1.training and frozen.fc[1].training  # backbone BN held, head BN trains
+
+
+def seg(module, recipe):
+    return parse(module, "--recipe", recipe)
+
+
+def test_fcn32s_report_is_the_reports_code():
+    a = seg(p2_train_fcn32s, "report")
+    assert (a.optimizer, a.lr, a.weight_decay, a.decay_all, a.clip_grad) == (
+        "adamw", 1e-4, 1e-4, True, 1.0)
+    assert (a.batch_size, a.epochs, a.schedule, a.warmup_epochs) == (50, 150, "constant", 0.0)
+    assert a.loss == "ce" and p2_engine.parse_floats(a.class_weights, 7, "") == [1, 1, 5, 1, 1,
+                                                                                  1, 2]
+    assert (a.fc_init, a.upscore_init) == ("fresh", "random")
+    aug = p2_engine.build_augment(a)  # H/V flips, rotation up to 30 (fill Unknown), colour
+    assert (aug.p_flip, aug.p_rot90, aug.degrees, aug.color, aug.min_scale) == (
+        0.5, 0.0, 30.0, 0.2, 1.0)
+
+
+def test_fcn32s_strong_keeps_the_recipe_with_the_fcn_papers_initialisation():
+    r, s = seg(p2_train_fcn32s, "report"), seg(p2_train_fcn32s, "strong")
+    assert (s.fc_init, s.upscore_init) == ("vgg", "bilinear")
+    differ = {k for k in vars(r) if getattr(r, k) != getattr(s, k)}
+    assert differ == {"recipe", "fc_init", "upscore_init"}
+
+
+def test_deeplabv3_report_is_the_reports_code():
+    a = seg(p2_train_deeplabv3, "report")
+    assert (a.arch, a.init, a.optimizer, a.lr, a.weight_decay, a.decay_all) == (
+        "resnet50", "coco", "adamw", 3e-4, 1e-5, True)
+    assert (a.batch_size, a.epochs, a.schedule, a.amp, a.aux_weight) == (
+        30, 100, "constant", False, 0.0)
+    assert (a.loss, a.focal_gamma) == ("focal", 2.0)
+    assert p2_engine.parse_floats(a.class_weights, 7, "") == [2, 1, 5, 1, 1, 1, 1]
+    aug = p2_engine.build_augment(a)  # flips, p 0.5 quarter turn, p 0.5 colour 0.9-1.1
+    assert (aug.p_flip, aug.p_rot90, aug.degrees, aug.color, aug.min_scale) == (
+        0.5, 0.5, 0.0, 0.1, 1.0)
+
+
+def test_deeplabv3_strong_is_the_best_public_run():
+    a = seg(p2_train_deeplabv3, "strong")
+    assert (a.arch, a.init, a.optimizer, a.lr, a.weight_decay) == (
+        "resnet101", "coco", "adam", 1e-4, 1e-5)
+    assert p2_engine.parse_floats(a.betas, 2, "") == [0.8, 0.999]
+    assert (a.batch_size, a.epochs, a.schedule) == (8, 100, "plateau")
+    assert (a.loss, a.focal_gamma, a.focal_alpha, a.class_weights) == ("focal", 2.0, 0.25, "")
+    aug = p2_engine.build_augment(a)  # flips only
+    assert (aug.p_flip, aug.p_rot90, aug.degrees, aug.color) == (0.5, 0.0, 0.0, 0.0)
+
+
+def test_a_flag_wins_over_its_recipe():
+    a = parse(p2_train_deeplabv3, "--recipe", "strong", "--batch-size", "4", "--lr", "0.01")
+    assert (a.batch_size, a.lr, a.arch) == (4, 0.01, "resnet101")
+
+
+def test_plateau_schedule_halves_the_lr_after_five_epochs_without_a_new_best():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([param], lr=1e-4)
+    scheduler = p2_engine.make_lr_scheduler(optimizer, "plateau", 100)
+    lrs = []
+    for metric in (0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6):
+        scheduler.step()  # per step: no change
+        scheduler.observe(metric)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    # best 0.6 at call 2; calls 3-7 are 5 bad epochs (patience 5), the 6th (call 8) halves it
+    assert lrs == [1e-4] * 7 + [5e-5]
+
+
+def test_reproduce_dry_run_prints_each_recipe():
+    out = {}
+    for recipe in recipes.NAMES:
+        proc = subprocess.run(["bash", "reproduce.sh", "--dry-run", "--recipe", recipe],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        out[recipe] = proc.stdout
+    for script in ("p1_pretrain_byol.py", "p1_finetune.py", "p2_train_fcn32s.py",
+                   "p2_train_deeplabv3.py"):
+        lines = {r: [ln for ln in out[r].splitlines() if script in ln] for r in recipes.NAMES}
+        assert lines["report"] and all("--recipe report" in ln for ln in lines["report"])
+        assert lines["strong"] and all("--recipe strong" in ln for ln in lines["strong"])
