@@ -61,6 +61,7 @@ from PIL import Image
 from segment_anything import SamAutomaticMaskGenerator
 from torch.utils.flop_counter import FlopCounterMode
 
+import cli
 import p1_common
 import p1_finetune
 import p1_pretrain_byol
@@ -110,7 +111,7 @@ ABLATIONS = ("amp", "channels_last", "fused_optimizer", "cudnn_benchmark", "bank
 
 def get_args_parser():
     parser = argparse.ArgumentParser(
-        "bench", formatter_class=utils.HelpFormatter,
+        "bench", formatter_class=cli.HelpFormatter,
         description="Images/s, peak memory and FLOP use of our training and inference "
         "pipelines against a seed-style baseline, on one device.")
     parser.add_argument("--device", default=None, help="cuda, cpu (default: cuda if any); the "

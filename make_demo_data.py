@@ -61,6 +61,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+import cli
+
 # Mask palette of HW1_SPEC.md; row i is the colour of class i.
 PALETTE = np.array(
     [
@@ -111,7 +113,7 @@ DEFAULTS = dict(
 
 def get_args_parser():
     parser = argparse.ArgumentParser(
-        "make_demo_data",
+        "make_demo_data", formatter_class=cli.HelpFormatter,
         description=(
             "Write a small procedural hw1_data-format tree (p1_data + p2_data) whose images "
             "are learnable, for end-to-end demo runs. pretrain_model_SL.pt in it is a "

@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import cli
 import data
 import distributed
 import errors
@@ -78,7 +79,7 @@ DESCRIPTION = {"random": "none", "supervised": "supervised (pretrain_model_SL.pt
 
 def get_args_parser():
     parser = recipes.RecipeParser(
-        "p1_finetune", "p1_finetune", formatter_class=utils.HelpFormatter,
+        "p1_finetune", "p1_finetune", formatter_class=cli.HelpFormatter,
         description="Fine-tune ResNet50 + the report's head on Office-Home, "
         "settings A-E (see the module docstring for the table).")
     parser.add_argument("--setting", required=True, choices=[*SETTINGS, "all"],
@@ -116,14 +117,14 @@ def get_args_parser():
                        "0.1 for B and C (keep the pre-trained features); unused for D, E")
     train.add_argument("--weight-decay", default=0.01, type=float,
                        help="decoupled (AdamW); conv/linear weights only, unless --decay-all")
-    train.add_argument("--decay-all", action=utils.BooleanFlag, default=False,
+    train.add_argument("--decay-all", action=cli.BooleanFlag, default=False,
                        help="weight decay on biases and BatchNorm too, as "
                        "AdamW(model.parameters()) does (the report's code)")
     train.add_argument("--unfreeze", default="", type=str,
                        help="A/B/C: gradual unfreezing EPOCH:PART,...: the head alone until "
                        "0-based epoch EPOCH, then PART (a ResNet stage such as layer4, or all); "
                        "the report's code: 8:layer4,12:all; empty: everything from the start")
-    train.add_argument("--freeze-bn", action=utils.BooleanFlag, default=True,
+    train.add_argument("--freeze-bn", action=cli.BooleanFlag, default=True,
                        help="D/E: the frozen backbone's BatchNorm statistics stay fixed; "
                        "--no-freeze-bn lets them move under model.train() (the report's code)")
     train.add_argument("--schedule", default="cosine", choices=["cosine", "constant", "step"],

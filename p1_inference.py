@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 import augment
+import cli
 import data
 import errors
 import records
@@ -48,7 +49,7 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "p1_C.pth
 
 def get_args_parser():
     parser = argparse.ArgumentParser(
-        "p1_inference", formatter_class=utils.HelpFormatter,
+        "p1_inference", formatter_class=cli.HelpFormatter,
         description="Office-Home predictions (filename,label) for a csv of "
         "images, with the setting-C checkpoint.")
     parser.add_argument("--csv", required=True, type=Path, help="input csv (id,filename,label)")
@@ -60,7 +61,7 @@ def get_args_parser():
                         "checkpoints/p1_C.pth next to this script)")
     parser.add_argument("--batch-size", default=256, type=int, help="images per forward")
     parser.add_argument("--device", default=None, help="cuda, cpu (default: cuda if any)")
-    parser.add_argument("--amp", default=True, action=utils.BooleanFlag,
+    parser.add_argument("--amp", default=True, action=cli.BooleanFlag,
                         help="bf16 autocast on CUDA (no effect on CPU)")
     return parser
 

@@ -63,6 +63,7 @@ from byol_pytorch import BYOL
 from tqdm import tqdm
 
 import augment
+import cli
 import data
 import distributed
 import errors
@@ -83,7 +84,7 @@ VIEWS = {  # --aug: keyword arguments of augment.ClassificationAugment for view 
 
 def get_args_parser():
     parser = recipes.RecipeParser(
-        "p1_pretrain_byol", "p1_pretrain_byol", formatter_class=utils.HelpFormatter,
+        "p1_pretrain_byol", "p1_pretrain_byol", formatter_class=cli.HelpFormatter,
         description="BYOL pre-training of a ResNet50 on unlabeled "
         "Mini-ImageNet (defaults: the report's run). Writes backbone.pth for p1_finetune.py.")
     parser.add_argument("--data-dir", required=True, type=Path,
@@ -105,7 +106,7 @@ def get_args_parser():
                        help="AdamW learning rate (report 1e-3; long public runs used ~3e-4)")
     train.add_argument("--weight-decay", default=0.01, type=float,
                        help="AdamW weight decay, on conv/linear weights only, unless --decay-all")
-    train.add_argument("--decay-all", action=utils.BooleanFlag, default=False,
+    train.add_argument("--decay-all", action=cli.BooleanFlag, default=False,
                        help="weight decay on biases and BatchNorm too, as "
                        "AdamW(learner.parameters()) does (the report's code)")
     train.add_argument("--schedule", default="constant", choices=["constant", "cosine"],

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import augment
+import cli
 import records
 import utils
 from p1_common import Classifier, load_classifier, load_office, run_batches
@@ -26,7 +27,7 @@ from p1_common import Classifier, load_classifier, load_office, run_batches
 
 def get_args_parser():
     parser = argparse.ArgumentParser(
-        "p1_tsne", formatter_class=utils.HelpFormatter,
+        "p1_tsne", formatter_class=cli.HelpFormatter,
         description="t-SNE of setting C's 512-d penultimate features (train set) at "
         "the first and the last epoch, two panels in one PNG.")
     parser.add_argument("--first", required=True, type=Path,
@@ -42,7 +43,7 @@ def get_args_parser():
     parser.add_argument("--perplexity", default=30.0, type=float, help="of sklearn's TSNE")
     parser.add_argument("--batch-size", default=256, type=int, help="images per forward")
     parser.add_argument("--device", default=None, help="cuda, cpu (default: cuda if any)")
-    parser.add_argument("--amp", default=True, action=utils.BooleanFlag,
+    parser.add_argument("--amp", default=True, action=cli.BooleanFlag,
                         help="bf16 autocast on CUDA (no effect on CPU)")
     parser.add_argument("--seed", default=0, type=int, help="of the subset and of TSNE")
     parser.add_argument("--cache-dir", default=None, type=Path,

@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import cli
 import p2_common
 import training
-import utils
 from augment import SegmentationAugment
 from data import (
     CLASS_NAMES,
@@ -116,7 +116,7 @@ def add_common_args(parser):
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=100, help="training epochs (passes over train/)")
     g.add_argument("--batch-size", type=int, default=8, help="training images per step")
-    g.add_argument("--val-batch-size", type=int, default=16,
+    g.add_argument("--eval-batch-size", "--val-batch-size", type=int, default=16,
                    help="validation images per forward, at full resolution")
     g.add_argument("--image-size", type=int, default=512,
                    help="side the training crops are resized to (validation runs at the "
@@ -124,7 +124,7 @@ def add_common_args(parser):
     g.add_argument("--min-scale", type=float, default=0.5,
                    help="random crops cover [min-scale, 1] of the image side, resized to "
                         "--image-size; 1 turns the scale-crop off")
-    g.add_argument("--augment", action=utils.BooleanFlag, default=True,
+    g.add_argument("--augment", action=cli.BooleanFlag, default=True,
                    help="the augmentations below, image and mask jointly (--no-augment: none)")
     g.add_argument("--rot90", type=float, default=0.75,
                    help="probability of a quarter turn (k uniform in 1..3)")
@@ -140,7 +140,7 @@ def add_common_args(parser):
                    help="Adam(W) betas as B1,B2 (empty: torch's 0.9,0.999)")
     g.add_argument("--weight-decay", type=float, default=5e-4,
                    help="on weights only, unless --decay-all")
-    g.add_argument("--decay-all", action=utils.BooleanFlag, default=False,
+    g.add_argument("--decay-all", action=cli.BooleanFlag, default=False,
                    help="weight decay on biases and norm parameters too, as "
                         "AdamW(model.parameters()) does")
     g.add_argument("--clip-grad", type=float, default=0.0,
@@ -163,7 +163,7 @@ def add_common_args(parser):
 
     g = add_hardware_args(parser.add_argument_group("hardware"),
                           "torch.compile the model (first epoch slower, later ones faster)")
-    g.add_argument("--pretrained", action=utils.BooleanFlag, default=True,
+    g.add_argument("--pretrained", action=cli.BooleanFlag, default=True,
                    help="start from pretrained weights (from the torch cache, filled by "
                         "`bash hw1_download.sh`); --no-pretrained: random init, nothing downloads")
     return parser
@@ -479,7 +479,7 @@ def train(args, build_model=p2_common.build_model):
             stats = train_one_epoch(step_model, optimizer, scheduler, train, args, device, epoch,
                                     stop)
             train_seconds = time.perf_counter() - t0  # .item() above synchronised the device
-            cm, kept = evaluate(eval_model, val_x, val_y, args.val_batch_size, device, args.amp,
+            cm, kept = evaluate(eval_model, val_x, val_y, args.eval_batch_size, device, args.amp,
                                 snap_rows)
             miou = cm.miou()
             record = {"epoch": epoch, "train_loss": round(stats["train_loss"], 6),

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+import cli
 from data import CLASS_NAMES, SCORED_CLASSES, read_mask
 from errors import UserError
 from metrics import ConfusionMatrix
@@ -36,6 +37,7 @@ from utils import writable_dir
 
 def get_args_parser():
     parser = argparse.ArgumentParser(
+        formatter_class=cli.HelpFormatter,
         description="mIoU of predicted masks (xxxx_mask.png) against ground truth, as the "
                     "course scorer computes it, with files paired by name.")
     parser.add_argument("-g", "--gt-dir", "--labels", required=True, type=Path,

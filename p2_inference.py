@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import cli
 from data import load_rgb, write_mask
 from errors import UserError, first_line
 from p2_common import load_segmenter, predict
 from utils import (
-    BooleanFlag,
     get_device,
     setup_precision,
     writable_dir,
@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent
 
 def get_args_parser():
     parser = argparse.ArgumentParser(
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
         description="Write xxxx_mask.png (course palette, input size) for every xxxx_sat.jpg of "
                     "--input-dir into --output-dir, with a trained Problem 2 checkpoint.")
     parser.add_argument("--input-dir", type=Path, required=True, help="folder of *_sat.jpg")
@@ -58,10 +58,10 @@ def get_args_parser():
                         help="a checkpoint of p2_train_*.py (default: $HW1_P2_CHECKPOINT, else "
                              "checkpoints/p2_B.pth, fetched by `bash hw1_download.sh`)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
-    parser.add_argument("--tta", action=BooleanFlag, default=False,
+    parser.add_argument("--tta", action=cli.BooleanFlag, default=False,
                         help="average the softmax over the image and its h/v flips (3x slower)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
-    parser.add_argument("--amp", action=BooleanFlag, default=True,
+    parser.add_argument("--amp", action=cli.BooleanFlag, default=True,
                         help="bf16 autocast on CUDA")
     parser.add_argument("--workers", type=int, default=8, help="threads decoding and writing")
     return parser

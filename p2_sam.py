@@ -61,6 +61,7 @@ from PIL import Image, ImageDraw, ImageFont
 from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 from segment_anything.utils.amg import coco_encode_rle, mask_to_rle_pytorch
 
+import cli
 import data
 import training
 import utils
@@ -86,6 +87,7 @@ ROWS = {"model_b": "model B", "sam_relabelled": "model B relabelled by SAM masks
 
 def get_args_parser():
     parser = argparse.ArgumentParser(
+        formatter_class=cli.HelpFormatter,
         description="SAM automatic masks overlaid in random colours (largest first), one "
                     "overlay PNG per input and one figure; optionally SAM's masks against model "
                     "B's predictions (class purity, mIoU after relabelling each mask).",
@@ -116,7 +118,7 @@ def get_args_parser():
                         help="opacity of the mask colours (default: %(default)s, SAM's notebooks)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the mask colours")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cuda, cpu")
-    parser.add_argument("--amp", action=utils.BooleanFlag, default=False,
+    parser.add_argument("--amp", action=cli.BooleanFlag, default=False,
                         help="bf16 autocast of SAM's networks on CUDA (no effect on CPU); off "
                         "by default: the report ran fp32, and bf16 moves which masks pass the "
                         "0.88 / 0.95 thresholds")

@@ -24,15 +24,15 @@ its recipe. Loop, flags and outputs: see p2_engine.py; the network is built by
 p2_common.build_deeplabv3.
 """
 
+import cli
 import recipes
-import utils
 from p2_common import ARCHS
 from p2_engine import add_common_args, train
 
 
 def get_args_parser():
     parser = recipes.RecipeParser(
-        "p2_train_deeplabv3", formatter_class=utils.HelpFormatter,
+        "p2_train_deeplabv3", formatter_class=cli.HelpFormatter,
         description="Train torchvision DeepLabV3 (model B) for 7-class land-cover segmentation. "
                     "Defaults: --recipe report (ResNet50 from COCO-VOC weights, focal loss "
                     "gamma 2 with class weights 2,1,5,1,1,1,1, AdamW 3e-4, weight decay 1e-5, "

@@ -23,14 +23,14 @@ network is p2_common.FCN32s.
 Pretrained weights come from the torch cache (`bash hw1_download.sh` fills it).
 """
 
+import cli
 import recipes
-import utils
 from p2_engine import add_common_args, train
 
 
 def get_args_parser():
     parser = recipes.RecipeParser(
-        "p2_train_fcn32s", formatter_class=utils.HelpFormatter,
+        "p2_train_fcn32s", formatter_class=cli.HelpFormatter,
         description="Train VGG16-FCN32s (model A) for 7-class land-cover segmentation. "
                     "Defaults: --recipe report (AdamW 1e-4, weight decay 1e-4 on every "
                     "parameter, clip 1.0, class-weighted CE 1,1,5,1,1,1,2, batch 50, 150 "

@@ -118,3 +118,21 @@ def settings(script, recipe="report"):
     if recipe not in NAMES:
         raise ValueError(f"unknown recipe {recipe!r}; choose from {', '.join(NAMES)}")
     return dict(RECIPES[script][recipe])
+
+
+def flags(script, recipe="report"):
+    """The recipe as command-line words, e.g. ['--epochs', '300', '--decay-all', ...]."""
+    words = []
+    for key, value in settings(script, recipe).items():
+        name = "--" + key.replace("_", "-")
+        if isinstance(value, bool):  # a --x/--no-x pair (cli.BooleanFlag)
+            words.append(name if value else "--no-" + name[2:])
+        else:
+            words += [name, str(value)]
+    return words
+
+
+if __name__ == "__main__":  # python3 recipes.py SCRIPT RECIPE: one word a line (reproduce.sh)
+    import sys
+
+    print("\n".join(flags(*sys.argv[1:3])))

@@ -3,7 +3,7 @@
 #
 #   bash reproduce.sh                        # real data in hw1_data/: the report's recipe (GPU)
 #   bash reproduce.sh --recipe strong        # the strongest known run per cell (recipes.py)
-#   bash reproduce.sh --demo                 # procedural demo data, < 15 min on 2 CPU cores
+#   bash reproduce.sh --demo                 # procedural demo data, about 16 min on 2 CPU cores
 #   bash reproduce.sh --scale smoke          # smallest demo (CI), < 3 min on 2 CPU cores
 #   bash reproduce.sh --force                # redo the steps that are already finished
 #   PYTHON=.venv/bin/python bash reproduce.sh --demo
@@ -38,7 +38,7 @@ usage: bash reproduce.sh [--recipe report|strong] [--demo] [--scale smoke|demo] 
   --demo              run the whole chain on make_demo_data.py output even if hw1_data/ exists
                       (the demo is also what runs when the real data is missing)
   --scale smoke|demo  size of the demo (implies --demo): smoke = the smallest chain (CI, a few
-                      minutes on 2 CPU cores), demo = a bigger one (< 15 min on 2 CPU cores);
+                      minutes on 2 CPU cores), demo = one that learns (about 16 min on 2 cores);
                       default demo
   --out DIR           results: RESULTS.md, timings.json, p1_table.json, masks, scores
                       (default results/ for the real data, results/demo-SCALE/ for the demo;
@@ -165,28 +165,41 @@ case "$SCALE" in
                --seg-train 4 --seg-val 1 --seg-size 64)
     BYOL_ARGS=(--epochs 1 --batch-size 8 --image-size 32 --projection-hidden-size 256)
     FT_ARGS=(--epochs 1 --batch-size 8 --image-size 32 --bank-size 40 --warmup-epochs 0)
-    SEG_ARGS=(--no-pretrained --epochs 2 --batch-size 4 --image-size 64 --workers 2)
+    SEG_ARGS=(--no-pretrained --epochs 1 --batch-size 4 --image-size 64 --workers 2)
     DL_ARGS=(--arch resnet50)  # model B stays ResNet50 in the demo, whatever the recipe
     SAM_ARGS=(--ids 0013 0062 0104)
     ;;
   demo)
-    # fewer classes than the real 65 (labels 0..15 of the same 65-way head), so a few CPU
-    # epochs can get above chance
-    DATA_ARGS=(--mini-classes 16 --mini-per-class 32 --mini-size 40
-               --office-classes 16 --office-train-per-class 16 --office-val-per-class 4
+    # Small enough for a 2-core CPU, large enough to learn: 8 classes instead of 65 (labels 0..7
+    # of the same 65-way head), 32 px, and more steps at a higher lr than the recipe's (whose
+    # 300 epochs would take hours). The recipe's gradual unfreezing keeps its shape, scaled to
+    # 12 epochs: the head alone for 2, then layer4, then all from epoch 5.
+    DATA_ARGS=(--mini-classes 8 --mini-per-class 64 --mini-size 40
+               --office-classes 8 --office-train-per-class 32 --office-val-per-class 8
                --seg-train 24 --seg-val 6 --seg-size 128)
     BYOL_ARGS=(--epochs 6 --batch-size 32 --image-size 32 --projection-hidden-size 1024)
-    FT_ARGS=(--epochs 8 --batch-size 32 --image-size 32 --bank-size 40 --warmup-epochs 1)
-    SEG_ARGS=(--no-pretrained --epochs 5 --batch-size 4 --image-size 128 --workers 2)
+    FT_ARGS=(--epochs 12 --batch-size 32 --image-size 32 --bank-size 40 --lr 1e-3
+             --unfreeze 2:layer4,4:all)
+    SEG_ARGS=(--no-pretrained --epochs 8 --batch-size 4 --image-size 128 --workers 2 --lr 1e-3)
     DL_ARGS=(--arch resnet50)
     SAM_ARGS=(--ids 0013 0062 0104)
     ;;
 esac
 
+# The recipe's settings, written out in every training command (recipes.py): what a command
+# line shows is what runs, and the demo's flags after them win.
+recipe_flags() { mapfile -t "$1" < <("$PY" recipes.py "$2" "$RECIPE"); }
+recipe_flags BYOL_RECIPE p1_pretrain_byol
+recipe_flags FT_RECIPE p1_finetune
+recipe_flags FCN_RECIPE p2_train_fcn32s
+recipe_flags DL_RECIPE p2_train_deeplabv3
+
 # ------------------------------------------------------------------------------- helpers
 STEP_COMMANDS=""
-run() {  # print a command, remember it for timings.json, run it (unless --dry-run)
-  echo "+ $*"
+run() {  # print a command ('' for an empty word), remember it, run it (unless --dry-run)
+  local word shown=()
+  for word in "$@"; do shown+=("${word:-"''"}"); done
+  echo "+ ${shown[*]}"
   STEP_COMMANDS="${STEP_COMMANDS:+$STEP_COMMANDS ; }$*"
   [ "$DRY" = 1 ] || "$@"
 }
@@ -278,15 +291,16 @@ step_byol() {
     skip "$RUNS/byol finished all its epochs"
     return
   fi
-  run "$PY" p1_pretrain_byol.py --recipe "$RECIPE" --data-dir "$P1/mini/train" \
-    --output-dir "$RUNS/byol" "$mode" "${BYOL_ARGS[@]}"
+  run "$PY" p1_pretrain_byol.py --recipe "$RECIPE" "${BYOL_RECIPE[@]}" \
+    --data-dir "$P1/mini/train" --output-dir "$RUNS/byol" "$mode" "${BYOL_ARGS[@]}"
   prune "$RUNS/byol/best.pth" "$RUNS/byol/last.pth"
 }
 
 step_finetune() {
   local s mode table=$OUT/p1_table.json all_skip=1 all_new=1
   local -A modes=()
-  local common=(--recipe "$RECIPE" --data-dir "$P1/office" --backbone "$RUNS/byol/backbone.pth"
+  local common=(--recipe "$RECIPE" "${FT_RECIPE[@]}" --data-dir "$P1/office"
+                --backbone "$RUNS/byol/backbone.pth"
                 --sl-backbone "$P1/pretrain_model_SL.pt" --output-dir "$RUNS/p1_finetune"
                 --results-dir "$OUT" "${FT_ARGS[@]}")
   for s in A B C D E; do
@@ -333,7 +347,7 @@ step_tsne() {
     --output "$OUT/p1_tsne_C.png" "${TSNE_ARGS[@]}"
 }
 
-train_segmentation() {  # train_segmentation SCRIPT RUN_DIR [EXTRA FLAGS...]
+train_segmentation() {  # train_segmentation SCRIPT RUN_DIR [RECIPE AND MODEL FLAGS...]
   local script=$1 dir=$2 mode
   shift 2
   mode=$(train_mode "" "$dir" best.pth)
@@ -341,13 +355,15 @@ train_segmentation() {  # train_segmentation SCRIPT RUN_DIR [EXTRA FLAGS...]
     skip "$dir finished all its epochs"
     return
   fi
-  run "$PY" "$script" --recipe "$RECIPE" --data-dir "$P2" --output-dir "$dir" "$mode" \
-    "${SEG_ARGS[@]}" "$@"
+  run "$PY" "$script" --recipe "$RECIPE" "$@" --data-dir "$P2" --output-dir "$dir" "$mode" \
+    "${SEG_ARGS[@]}"
   prune "$dir/last.pth" "$dir"/epoch_*.pth
 }
 
-step_fcn32s() { train_segmentation p2_train_fcn32s.py "$RUNS/p2_fcn32s"; }
-step_deeplabv3() { train_segmentation p2_train_deeplabv3.py "$RUNS/p2_deeplabv3" "${DL_ARGS[@]}"; }
+step_fcn32s() { train_segmentation p2_train_fcn32s.py "$RUNS/p2_fcn32s" "${FCN_RECIPE[@]}"; }
+step_deeplabv3() {
+  train_segmentation p2_train_deeplabv3.py "$RUNS/p2_deeplabv3" "${DL_RECIPE[@]}" "${DL_ARGS[@]}"
+}
 
 evaluate_model() {  # evaluate_model A|B RUN_DIR: validation masks, then the course's mIoU
   local model=$1 dir=$2

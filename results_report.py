@@ -39,6 +39,7 @@ import os
 import platform
 from pathlib import Path
 
+import cli
 from records import git_sha, read_json, read_jsonl, write_json
 
 ROOT = Path(__file__).resolve().parent
@@ -78,7 +79,7 @@ DEMO_WARNING = (
 
 def get_args_parser():
     parser = argparse.ArgumentParser(
-        "results_report", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "results_report", formatter_class=cli.HelpFormatter,
         description="Write OUT/RESULTS.md from the outputs of reproduce.sh's steps (tables, "
                     "figure paths, timings, architecture summaries); or print only the "
                     "architecture tables (--arch-only); or record a step (--record, "
@@ -438,6 +439,12 @@ def learning_section(out, runs, info):
         learns = best > first and (base is None or best > base)
         lines.append(f"| {label} | {fmt(base)} | {fmt(first)} | {fmt(best)} | "
                      f"{'yes' if learns else '**no**'} |")
+    if info.get("mode") == "demo":
+        lines += ["", "At the demo's scale FCN32s is not expected to learn: it predicts one score "
+                  "per 32 x 32 block and up-samples it, so a 128-px demo image is 4 x 4 cells, "
+                  "trained from random weights (`--no-pretrained`) for a few dozen steps. It "
+                  "needs the real 512-px images and ImageNet VGG16 weights, which the demo "
+                  "does without."]
     return lines
 
 

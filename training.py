@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+import cli
 import distributed
 import utils
 from errors import UserError, first_line
@@ -102,13 +103,13 @@ def add_hardware_args(group, compile_help="torch.compile the model"):
     --deterministic (one argparse group or parser in, the same group out)."""
     group.add_argument("--device", default=None,
                        help="cuda, cuda:1 or cpu (default: cuda if present)")
-    group.add_argument("--amp", default=True, action=utils.BooleanFlag,
+    group.add_argument("--amp", default=True, action=cli.BooleanFlag,
                        help="bf16 autocast on CUDA (no effect on CPU)")
-    group.add_argument("--compile", default=False, action=utils.BooleanFlag,
+    group.add_argument("--compile", default=False, action=cli.BooleanFlag,
                        help=compile_help)
     group.add_argument("--seed", default=0, type=int,
                        help="seeds weights, data order and augmentation")
-    group.add_argument("--deterministic", default=False, action=utils.BooleanFlag,
+    group.add_argument("--deterministic", default=False, action=cli.BooleanFlag,
                        help="deterministic kernels: same --seed, bit-identical weights on CPU")
     return group
 

@@ -13,7 +13,6 @@ The rest lives in modules named for what they hold:
   distributed.py  torchrun / DistributedDataParallel
 """
 
-import argparse
 import contextlib
 import os
 import random
@@ -110,35 +109,6 @@ def writable_dir(path, flag="--output-dir"):
                   else e.strerror or first_line(e))
         raise UserError(f"cannot write into {path} ({reason}); choose another {flag}") from None
     return path
-
-
-class BooleanFlag(argparse.Action):
-    """A `--x/--no-x` pair, as argparse.BooleanOptionalAction (Python 3.9+) gives; the course's
-    grader runs Python 3.8, so the scripts on the grading path use this one."""
-
-    def __init__(self, option_strings, dest, default=None, help=None, **kwargs):
-        names = []
-        for name in option_strings:
-            names.append(name)
-            if name.startswith("--"):
-                names.append("--no-" + name[2:])
-        super().__init__(names, dest, nargs=0, default=default, help=help, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, not option_string.startswith("--no-"))
-
-    def format_usage(self):
-        return " | ".join(self.option_strings)
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows every default, except None/False ones and where the help text already
-    says what the default means."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
 
 
 # What a checkpoint is: the script that saves one writes its kind into it (save_checkpoint), and

@@ -61,7 +61,7 @@ def byol_argv(data, out):  # 8 images, 1 step per epoch: epoch 1's loss is the f
 
 def deeplab_argv(data, out):
     return ["--data-dir", str(data), "--output-dir", str(out), "--epochs", "2",
-            "--batch-size", "4", "--image-size", "32", "--val-batch-size", "2", "--no-pretrained",
+            "--batch-size", "4", "--image-size", "32", "--eval-batch-size", "2", "--no-pretrained",
             "--arch", "mobilenet_v3_large", "--lr", "1e-4", "--seed", "3",
             "--snapshot-ids", "0097", "--device", "cpu"]  # gloo, also on a GPU machine
 

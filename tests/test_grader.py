@@ -35,8 +35,8 @@ GRADING_SCRIPTS = ("hw1_1.sh", "hw1_2.sh", "hw1_download_ckpt.sh")
 # The graded code: the entry scripts the shell scripts call and every repository module they
 # import. A change that pulls in another module of ours must add it here, deliberately.
 GRADING_PATH = {
-    "p1_inference": {"p1_common", "utils", "errors", "records", "data", "augment"},
-    "p2_inference": {"p2_common", "utils", "errors", "records", "data", "augment"},
+    "p1_inference": {"p1_common", "utils", "cli", "errors", "records", "data", "augment"},
+    "p2_inference": {"p2_common", "utils", "cli", "errors", "records", "data", "augment"},
     "hw1_download": set(),
 }
 # The course's list (requirements-grader.txt), as import names, plus the standard library.
@@ -165,7 +165,7 @@ def trained(tmp_path_factory, samples_dir):
     shrink_pairs(samples_dir, root / "p2" / "validation", 64)
     run([sys.executable, "p2_train_deeplabv3.py", "--data-dir", root / "p2", "--output-dir",
          root / "seg", "--arch", "resnet50", "--no-pretrained", "--epochs", 1, "--batch-size", 2,
-         "--image-size", 32, "--val-batch-size", 4, "--snapshot-ids", "--device", "cpu"], here)
+         "--image-size", 32, "--eval-batch-size", 4, "--snapshot-ids", "--device", "cpu"], here)
     # exported as a user publishes them (tools/export_checkpoint.py): no optimizer, a hash
     exported = {}
     runs = {"p1": root / "ft" / "C" / "last.pth", "p2": root / "seg" / "last.pth"}
@@ -210,18 +210,23 @@ def test_hw1_scripts_run_on_the_graders_python_with_checkpoints_trained_here(
     assert all(r[1].isdigit() and 0 <= int(r[1]) < 4 for r in got)
     assert got == read_csv(out["here"])[1:]  # same checkpoint, same predictions on both
 
-    # Problem 2: the real 512x512 samples
+    # Problem 2: the real samples, one kept at 512 px, the others at 256 and 320 x 192 px (time)
+    sats = tmp_path / "sat"
+    sats.mkdir()
+    sizes = {"0008": (512, 512), "0097": (256, 256), "0107": (320, 192)}
+    for i, size in sizes.items():
+        Image.open(samples_dir / f"{i}_sat.jpg").resize(size).save(sats / f"{i}_sat.jpg")
     masks = {}
     for name, python_dir in (("grader", grader), ("here", here)):
         masks[name] = tmp_path / f"p2_{name}"
-        run(["bash", "hw1_2.sh", samples_dir, masks[name]], python_dir, **env)
+        run(["bash", "hw1_2.sh", sats, masks[name]], python_dir, **env)
     palette = {(0, 255, 255), (255, 255, 0), (255, 0, 255), (0, 255, 0), (0, 0, 255),
                (255, 255, 255), (0, 0, 0)}
-    ids = sorted(p.name[:4] for p in samples_dir.glob("*_sat.jpg"))
+    ids = sorted(sizes)
     assert sorted(p.name for p in masks["grader"].iterdir()) == [f"{i}_mask.png" for i in ids]
     for i in ids:
         a = Image.open(masks["grader"] / f"{i}_mask.png")
-        assert a.mode == "RGB" and a.size == Image.open(samples_dir / f"{i}_sat.jpg").size
+        assert a.mode == "RGB" and a.size == sizes[i]
         a = np.asarray(a)
         assert {tuple(c) for c in a.reshape(-1, 3)} <= palette
         b = np.asarray(Image.open(masks["here"] / f"{i}_mask.png"))

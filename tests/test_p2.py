@@ -32,7 +32,7 @@ from utils import load_checkpoint
 SAMPLE_IDS = ("0008", "0097", "0107", "0128")
 VAL_IDS = ("0013", "0062", "0104", "0107")  # the samples renamed so the snapshot ids exist
 SMALL = ["--arch", "mobilenet_v3_large", "--no-pretrained", "--batch-size", "2",
-         "--image-size", "32", "--val-batch-size", "4", "--workers", "2", "--seed", "0"]
+         "--image-size", "32", "--eval-batch-size", "4", "--workers", "2", "--seed", "0"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -86,6 +86,13 @@ def test_fcn32s_output_has_input_size(fcn, hw):
     with torch.no_grad():
         out = fcn(torch.randn(1, 3, *hw))
     assert out.shape == (1, 7, *hw)
+
+
+def test_fcn32s_cpu_fc6_is_the_convolution(fcn):
+    torch.manual_seed(0)
+    f = torch.randn(2, 512, 3, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(fcn.apply_fc6(f), fcn.fc6(f), rtol=1e-4, atol=1e-4)
 
 
 def test_fcn32s_upsampling_is_bilinear_at_init(fcn):

@@ -51,7 +51,7 @@ from errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_IDS = ("0008", "0097", "0107", "0128")
 TINY_P2 = ["--arch", "mobilenet_v3_large", "--no-pretrained", "--batch-size", "2",
-           "--image-size", "32", "--val-batch-size", "4", "--workers", "1", "--epochs", "1",
+           "--image-size", "32", "--eval-batch-size", "4", "--workers", "1", "--epochs", "1",
            "--snapshot-ids"]  # no snapshot figure
 
 

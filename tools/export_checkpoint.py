@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+import cli  # noqa: E402
 import utils  # noqa: E402
 from records import _atomic_write  # noqa: E402
 
@@ -33,7 +34,7 @@ KEEP = ("kind", "model", "args", "epoch", "best_metric", "best_epoch")
 
 def get_args_parser():
     parser = argparse.ArgumentParser(
-        "export_checkpoint", formatter_class=utils.HelpFormatter,
+        "export_checkpoint", formatter_class=cli.HelpFormatter,
         description="Export a trained checkpoint for hw1_1.sh / hw1_2.sh and print its hash.")
     parser.add_argument("item", choices=sorted(TARGETS),
                         help="p1: setting C classifier for hw1_1.sh; p2: model B for hw1_2.sh")
