@@ -172,8 +172,9 @@ class ClassificationAugment(_BatchAugment):
 
     out = normalize(solarize?(blur?(gray?(jitter?(shift(rotate(flip?(random_resized_crop(x))))))))),
     each "?" an independent coin per image, each image with its own crop box, rotation angle in
-    [-degrees, degrees], shift of up to `translate` (a fraction of the side: a random crop of an
-    image padded by translate x side, reflected), jitter factors and blur sigma.
+    [-degrees, degrees] (uncovered corners black, as torchvision's rotate), shift of up to
+    `translate` (a fraction of the side: a random crop of an image padded by translate x side,
+    reflected), jitter factors and blur sigma.
     Defaults are the report's list (RandomResizedCrop(128), flip, ColorJitter(0.2 x 4), always);
     BYOL's paper views set p_jitter=0.8, jitter=(0.4, 0.4, 0.2, 0.1), p_gray=0.2, p_blur and
     p_solarize. Jitter factors follow torchvision (brightness/contrast/saturation in
@@ -206,12 +207,14 @@ class ClassificationAugment(_BatchAugment):
                                          self.generator, shard=self.shard)
         flip = rand() < self.p_flip
         theta = crop_theta(w, h, cx, cy, flip_x=flip)
-        if self.degrees or self.translate:
-            angle = rand(-self.degrees, self.degrees) * (math.pi / 180)
+        if self.degrees:  # torchvision's rotate: the corners it uncovers are black (fill 0)
+            theta = rotate_shift_theta(theta, rand(-self.degrees, self.degrees) * (math.pi / 180))
+        x = warp(x, theta, self.size, padding="zeros" if self.degrees else "reflection")
+        if self.translate:  # a random crop of the image padded by `translate`, reflected
             t = 2 * self.translate  # normalised coordinates span 2
             shift = torch.stack([rand(-t, t), rand(-t, t)], 1)
-            theta = rotate_shift_theta(theta, angle, shift)
-        x = warp(x, theta, self.size)  # (B, 3, S, S)
+            eye = torch.eye(2, 3, device=x.device).expand(x.shape[0], 2, 3)
+            x = warp(x, rotate_shift_theta(eye, torch.zeros_like(shift[:, 0]), shift), self.size)
         if self.p_jitter > 0 and any(self.jitter):
             x = torch.where((rand() < self.p_jitter).view(coin), self._jitter(x), x)
         if self.p_gray > 0:

@@ -109,8 +109,9 @@ def get_args_parser():
                        "--min-scale..1, flip, mild jitter")
     train.add_argument("--min-scale", default=0.25, type=float,
                        help="smallest area fraction of the random-resized crop (--aug light)")
-    train.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"],
-                       help="sgd uses Nesterov momentum 0.9; try --lr 0.01 with it")
+    train.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "sgd"],
+                       help="sgd uses Nesterov momentum 0.9; try --lr 0.01 with it; adam's "
+                       "weight decay is an L2 term in the gradient")
     train.add_argument("--lr", default=1e-3, type=float, help="learning rate of the head")
     train.add_argument("--backbone-lr-scale", default=None, type=float,
                        help="backbone lr = lr x this; default 1.0 for A (nothing to keep), "
@@ -127,8 +128,10 @@ def get_args_parser():
     train.add_argument("--freeze-bn", action=cli.BooleanFlag, default=True,
                        help="D/E: the frozen backbone's BatchNorm statistics stay fixed; "
                        "--no-freeze-bn lets them move under model.train() (the report's code)")
-    train.add_argument("--schedule", default="cosine", choices=["cosine", "constant", "step"],
-                       help="step: x0.1 at 1/2 and 3/4 of training")
+    train.add_argument("--schedule", default="cosine",
+                       choices=["cosine", "constant", "step", "multistep"],
+                       help="step: x0.1 at 1/2 and 3/4 of training; multistep: x0.5 at 10%%, "
+                       "1/3 and 2/3 (epochs 30, 100, 200 of 300)")
     train.add_argument("--warmup-epochs", default=5, type=float,
                        help="linear lr warm-up before the schedule")
     train.add_argument("--label-smoothing", default=0.1, type=float,
@@ -417,7 +420,9 @@ def main(args):
         backbone_source(argparse.Namespace(**{**vars(args), "setting": setting}))
     table, banks = None, {}  # Office-Home is decoded once for all the settings
     for setting in settings:
-        row = run_setting(argparse.Namespace(**{**vars(args), "setting": setting}), banks)
+        # --recipe strong: A, B, D and E take their own strongest run's values (recipes.py)
+        cell = {**vars(args), "setting": setting, **recipes.for_setting(args, setting)}
+        row = run_setting(argparse.Namespace(**cell), banks)
         if row is not None:  # rank 0 (all of them in one process) writes the table
             table = update_results_table(args.results_dir, row)
     if table is not None:

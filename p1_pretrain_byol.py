@@ -133,6 +133,9 @@ def get_args_parser():
                        help="hidden width of projector and predictor (byol-pytorch default)")
     train.add_argument("--export", default="best", choices=["best", "last"],
                        help="backbone.pth from the lowest-loss epoch (report) or the last one")
+    train.add_argument("--holdout", default=0.0, type=float,
+                       help="keep this fraction of the images out of training and pick the best "
+                       "epoch by their BYOL loss (pha123661's run: 0.1); 0: by the training loss")
 
     probe = parser.add_argument_group("k-NN probe (optional)")
     probe.add_argument("--knn-every", default=0, type=int,
@@ -342,6 +345,31 @@ def knn_accuracy(train_f, train_y, val_f, val_y, k=20, temperature=0.07):
     return (votes.argmax(1) == val_y.to(val_f.device)).float().mean().item()
 
 
+@torch.no_grad()
+def holdout_loss(model, bank, args, device):
+    """The BYOL loss of the held-out images (mean over all ranks), in eval mode (BatchNorm's
+    running statistics; nothing is updated), with the same view draws at every epoch (seeded
+    by --seed), so that epochs are compared on the same views."""
+    learner = utils.unwrap_model(model)
+    generator = torch.Generator(bank.device).manual_seed(args.seed)
+    for view in (learner.augment1, learner.augment2):
+        view.augment.generator = generator
+    learner.eval()
+    total, count = torch.zeros((), device=device), 0
+    batch = distributed.shard_batch(min(args.batch_size, len(bank)))
+    for idx in data.index_batches(len(bank), batch, shuffle=False, drop_last=False,
+                                  device=bank.device, rank=distributed.rank(),
+                                  world_size=distributed.world_size()):
+        with utils.autocast(device, args.amp):
+            total += learner(bank.batch(idx)).float() * len(idx)
+        count += len(idx)
+    learner.train()
+    sums = distributed.all_reduce(torch.stack([total.double(),
+                                               torch.tensor(float(count), device=device,
+                                                            dtype=torch.float64)]))
+    return (sums[0] / sums[1].clamp(min=1)).item()
+
+
 def knn_probe(learner, banks, args, device):
     """k-NN accuracy of the online avgpool features (B, 2048) at the evaluation view."""
     learner.eval()
@@ -374,6 +402,13 @@ def main(args):
     bank = data.ImageBank.from_paths(mini_paths(args), size=args.bank_size,
                                       cache_dir=args.cache_dir, progress=True,
                                       size_flag="--bank-size").to(device)
+    holdout = None
+    if args.holdout > 0:  # a seeded split: the same images are held out on every rank and resume
+        order = torch.randperm(len(bank), generator=torch.Generator().manual_seed(args.seed))
+        cut = max(1, round(args.holdout * len(bank)))
+        held, kept = order[:cut].sort().values, order[cut:].sort().values
+        holdout = data.ImageBank(bank.images[held.to(bank.device)])
+        bank = data.ImageBank(bank.images[kept.to(bank.device)])
     if len(bank) < args.batch_size:
         raise errors.UserError(f"{len(bank)} images for --batch-size {args.batch_size}; lower it")
     steps_per_epoch = len(bank) // args.batch_size
@@ -394,8 +429,8 @@ def main(args):
     training.print_run_header(args, device, args.batch_size, args.lr)
 
     # ---- resume
-    ckpts = training.Checkpoints(out, args, "byol", learner, optimizer, scheduler, "loss",
-                                 mode="min")
+    ckpts = training.Checkpoints(out, args, "byol", learner, optimizer, scheduler,
+                                 "holdout_loss" if holdout is not None else "loss", mode="min")
     start_epoch = ckpts.resume() if args.resume else 1
     if args.compile:  # in place: state_dict keys and the avgpool hook stay as they are
         for module in (learner.online_encoder, learner.target_encoder, learner.online_predictor):
@@ -413,6 +448,8 @@ def main(args):
             record = {"epoch": epoch, **stats, "lr": optimizer.param_groups[0]["lr"],
                       "images_per_s": steps_per_epoch * args.batch_size / seconds,
                       "seconds": seconds}
+            if holdout is not None:
+                record["holdout_loss"] = holdout_loss(model, holdout, args, device)
             if banks and (epoch % args.knn_every == 0 or epoch == args.epochs):
                 record["knn_acc"] = knn_probe(learner, banks, args, device)
             is_best = ckpts.end_epoch(epoch, record)

@@ -106,6 +106,9 @@ def add_common_args(parser):
     g.add_argument("--max-train", type=int, default=None,
                    help="first N training pairs (smoke runs)")
     g.add_argument("--max-val", type=int, default=None, help="first N validation pairs")
+    g.add_argument("--max-images", type=int, default=None,
+                   help="first N training and N validation pairs, as p1_finetune.py's "
+                        "--max-images (smoke runs); --max-train / --max-val set one alone")
     g.add_argument("--cache-dir", type=Path, default=None,
                    help="keep the decoded image banks here (.npy) so the next run starts at once")
     g.add_argument("--workers", type=int, default=None, help="threads decoding images")
@@ -421,9 +424,11 @@ def train(args, build_model=p2_common.build_model):
 
     # ---- data: both splits as uint8 banks on the training device -----------------------------
     data_dir = Path(args.data_dir)
-    train_ids, train_x, train_y = load_split(data_dir / "train", args.max_train, args.cache_dir,
+    max_train = args.max_train if args.max_train is not None else args.max_images
+    max_val = args.max_val if args.max_val is not None else args.max_images
+    train_ids, train_x, train_y = load_split(data_dir / "train", max_train, args.cache_dir,
                                              args.workers)
-    val_ids, val_x, val_y = load_split(data_dir / "validation", args.max_val, args.cache_dir,
+    val_ids, val_x, val_y = load_split(data_dir / "validation", max_val, args.cache_dir,
                                        args.workers)
     for bank in (train_x, train_y, val_x, val_y):
         bank.to(device)

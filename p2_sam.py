@@ -117,7 +117,7 @@ def get_args_parser():
     parser.add_argument("--alpha", type=float, default=0.35,
                         help="opacity of the mask colours (default: %(default)s, SAM's notebooks)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the mask colours")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cuda, cpu")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
     parser.add_argument("--amp", action=cli.BooleanFlag, default=False,
                         help="bf16 autocast of SAM's networks on CUDA (no effect on CPU); off "
                         "by default: the report ran fp32, and bf16 moves which masks pass the "

@@ -12,6 +12,7 @@ reproduce.sh's --dry-run can read it without building anything.
 """
 
 import argparse
+import sys
 
 NAMES = ("report", "strong")
 
@@ -23,11 +24,13 @@ RECIPES = {
             schedule="constant", warmup_epochs=0.0,
             aug="report+lib",          # the report's list per sample, then byol-pytorch's
                                        # default augmentation drawn once per batch on top
-            target="ema", ema_decay=0.99, ema_schedule="constant", export="best"),
+            target="ema", ema_decay=0.99, ema_schedule="constant", export="best",
+            holdout=0.0),  # the best epoch by the training loss
         "strong": dict(
             epochs=1000, batch_size=512, bank_size=128, lr=1e-4, weight_decay=0.0,
             decay_all=False, schedule="cosine", warmup_epochs=13.0,
-            aug="byol", target="ema", ema_decay=0.99, ema_schedule="cosine", export="best"),
+            aug="byol", target="ema", ema_decay=0.99, ema_schedule="cosine", export="best",
+            holdout=0.1),
     },
     "p1_finetune": {
         "report": dict(  # stann37 p1_finetune.py
@@ -69,17 +72,38 @@ RECIPES = {
     },
 }
 
+# Strong fine-tuning per setting: the cells whose strongest valid run is not C's (pha123661).
+# Applied by p1_finetune.py on top of RECIPES["p1_finetune"]["strong"], except to flags given on
+# the command line.
+STRONG_SETTINGS = {
+    # JustinKai SSL_model_evaluation.py (A 52.7): Adam 5e-4, no decay, 150 epochs, no schedule
+    "A": dict(epochs=150, lr=5e-4, weight_decay=0.0, schedule="constant", warmup_epochs=0.0),
+    # Lucashien 2_B/main.py (B 59.5): Adam 1e-3 held constant, batch 256, 600 epochs
+    # (TrivialAugmentWide there; SimCLR's list here, augment.py has no TrivialAugment)
+    "B": dict(epochs=600, batch_size=256, lr=1e-3, weight_decay=0.0, schedule="constant",
+              warmup_epochs=0.0),
+    # the best valid D is the report's own run (37.2; Lucashien's 53.9 trained the whole model):
+    # its settings, with the backbone's BatchNorm statistics frozen as linear probing does
+    "D": dict(lr=3e-4, weight_decay=1e-5, decay_all=True, schedule="constant",
+              warmup_epochs=0.0, aug="report"),
+    # JackChen hw1-2 (E 43.8): Adam 5e-4 with weight decay 1e-3, MultiStep(30, 100, 200; x0.5)
+    "E": dict(optimizer="adam", lr=5e-4, weight_decay=1e-3, schedule="multistep",
+              warmup_epochs=0.0),
+}
+
 WHY = {  # what `strong` changes, and why (source)
     "p1_pretrain_byol": (
         "BYOL paper's asymmetric views (blur 1.0/0.1, solarize 0/0.2) and EMA decay rising to 1 "
         "(Grill et al. 2020); 1000 epochs, batch 512, Adam 1e-4 with a 1000-step warm-up and "
-        "cosine (pha123661 HW4/P2_training.py, whose backbone gave the best C, 59.9); no decay "
-        "on biases and BatchNorm. --target simsiam is that run's stop-gradient target."),
+        "cosine, the best epoch by the loss of 10% held-out images (pha123661 "
+        "HW4/P2_training.py, whose backbone gave the best C, 59.9); no decay on biases and "
+        "BatchNorm. --target simsiam is that run's stop-gradient target."),
     "p1_finetune": (
         "pha123661 HW4/P2_finetuning.py (C 59.9): Adam 5e-4 without decay, 100-step warm-up "
         "and cosine, SimCLR augmentation, the whole model trained from the first step; D and E "
         "keep the backbone's BatchNorm statistics frozen, as linear probing does (moco "
-        "main_lincls.py), instead of letting them drift under model.train()."),
+        "main_lincls.py), instead of letting them drift under model.train(). A, B, D and E "
+        "take the settings of their own strongest valid run (STRONG_SETTINGS)."),
     "p2_train_fcn32s": (
         "stann37's own run is the strongest FCN32s (73.4; next wuweilun 72.5): its optimizer, "
         "loss and augmentation are kept; fc6/fc7 start from VGG16's classifier and the "
@@ -99,6 +123,7 @@ class RecipeParser(argparse.ArgumentParser):
     `--recipe strong --help` shows the strong defaults."""
 
     def __init__(self, script, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # explicit_flags reads the exact flag names
         super().__init__(*args, **kwargs)
         self.script = script
         self.add_argument("--recipe", choices=NAMES, default="report",
@@ -106,11 +131,21 @@ class RecipeParser(argparse.ArgumentParser):
                           "known run per cell (recipes.py says what changes and why)")
 
     def parse_known_args(self, args=None, namespace=None):
+        argv = sys.argv[1:] if args is None else [str(a) for a in args]
         pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument("--recipe", choices=NAMES, default="report")
-        chosen, _ = pre.parse_known_args(args)
+        chosen, _ = pre.parse_known_args(argv)
         self.set_defaults(**settings(self.script, chosen.recipe))
-        return super().parse_known_args(args, namespace)
+        parsed, rest = super().parse_known_args(argv, namespace)
+        # the flags the command line set to a value of its own: a recipe's per-setting values
+        # never replace them (one equal to the recipe's value, as reproduce.sh writes them all
+        # out, counts as the recipe's)
+        base = settings(self.script, chosen.recipe)
+        given = {action.dest for action in self._actions for flag in action.option_strings
+                 for word in argv if word == flag or word.startswith(flag + "=")}
+        parsed.explicit_flags = sorted(d for d in given - {"recipe"}
+                                       if d not in base or getattr(parsed, d) != base[d])
+        return parsed, rest
 
 
 def settings(script, recipe="report"):
@@ -120,10 +155,19 @@ def settings(script, recipe="report"):
     return dict(RECIPES[script][recipe])
 
 
-def flags(script, recipe="report"):
-    """The recipe as command-line words, e.g. ['--epochs', '300', '--decay-all', ...]."""
+def for_setting(args, setting):
+    """p1_finetune: the values `setting` changes in the chosen recipe (STRONG_SETTINGS for
+    strong), leaving out every flag given on the command line."""
+    if getattr(args, "recipe", "report") != "strong":
+        return {}
+    given = set(getattr(args, "explicit_flags", ()))
+    return {k: v for k, v in STRONG_SETTINGS.get(setting, {}).items() if k not in given}
+
+
+def to_words(values):
+    """{dest: value} as command-line words: ['--epochs', '300', '--decay-all', ...]."""
     words = []
-    for key, value in settings(script, recipe).items():
+    for key, value in values.items():
         name = "--" + key.replace("_", "-")
         if isinstance(value, bool):  # a --x/--no-x pair (cli.BooleanFlag)
             words.append(name if value else "--no-" + name[2:])
@@ -132,7 +176,15 @@ def flags(script, recipe="report"):
     return words
 
 
-if __name__ == "__main__":  # python3 recipes.py SCRIPT RECIPE: one word a line (reproduce.sh)
-    import sys
+def flags(script, recipe="report"):
+    """The recipe as command-line words."""
+    return to_words(settings(script, recipe))
 
-    print("\n".join(flags(*sys.argv[1:3])))
+
+if __name__ == "__main__":
+    # python3 recipes.py SCRIPT RECIPE: one word a line (reproduce.sh);
+    # python3 recipes.py --cells: the strong fine-tuning's values per setting, a line each
+    if sys.argv[1:] == ["--cells"]:
+        print("\n".join(f"{s}: {' '.join(to_words(v))}" for s, v in STRONG_SETTINGS.items()))
+    else:
+        print("\n".join(flags(*sys.argv[1:3])))

@@ -321,6 +321,10 @@ step_finetune() {
     skip "settings A-E finished and $table is up to date"
     return
   fi
+  if [ "$RECIPE" = strong ]; then  # what p1_finetune.py changes per setting on top of these
+    echo "strong recipe per setting (recipes.py STRONG_SETTINGS; this command's own flags win):"
+    "$PY" recipes.py --cells | sed 's/^/  /'
+  fi
   if [ "$all_new" = 1 ]; then
     run "$PY" p1_finetune.py --setting all --overwrite "${common[@]}"
   else  # some settings finished or half-done: each one left alone, resumed or redone

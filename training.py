@@ -120,7 +120,7 @@ def lr_multiplier(step, total_steps, warmup_steps=0, schedule="cosine"):
     Linear warm-up from 1/warmup_steps to 1 over the first `warmup_steps`, then
       constant: 1;  cosine: half a cosine from 1 down to 0 at `total_steps`;
       poly: (1 - t)^0.9 (DeepLab's schedule);  step: x0.1 at 1/2 and x0.01 from 3/4 of the
-      steps after warm-up.
+      steps after warm-up;  multistep: x0.5 at 10%, 1/3 and 2/3 of them.
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -131,6 +131,8 @@ def lr_multiplier(step, total_steps, warmup_steps=0, schedule="cosine"):
         return 0.5 * (1.0 + math.cos(math.pi * t))
     if schedule == "poly":
         return (1.0 - t) ** 0.9
+    if schedule == "multistep":  # x0.5 at 10%, 1/3 and 2/3: epochs 30, 100, 200 of 300
+        return 0.5 ** ((t >= 0.1) + (t >= 1 / 3) + (t >= 2 / 3))
     if schedule == "step":
         return 0.1 ** ((t >= 0.5) + (t >= 0.75))
     raise ValueError(f"unknown schedule {schedule!r}; use constant, cosine, poly or step")

@@ -9,6 +9,7 @@ resumed to 2 epochs) -> t-SNE, inference, hw1_1.sh.
 
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -123,6 +124,21 @@ def finetune_all(data, byol_run, sl_backbone, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------ BYOL
+def test_holdout_images_pick_the_best_epoch(data, tmp_path):
+    out = tmp_path / "byol"
+    p1_pretrain_byol.main(parse(p1_pretrain_byol, "--data-dir", data, "--output-dir", out,
+                                "--epochs", 3, "--batch-size", 4, "--image-size", 32,
+                                "--projection-hidden-size", 64, "--holdout", 0.25, "--aug",
+                                "report", "--lr", 1e-2))
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    held = [r["holdout_loss"] for r in log]
+    assert len(held) == 3 and all(math.isfinite(v) for v in held)
+    best = utils.load_checkpoint(out / "best.pth", kind="byol")
+    assert best["epoch"] == 1 + held.index(min(held)) and best["best_metric"] == min(held)
+    assert held != [r["loss"] for r in log]  # scored on the held-out images, not training's
+    shutil.rmtree(out)
+
+
 @pytest.mark.parametrize("aug", ["report", "byol"])
 def test_views_differ_within_a_batch_and_between_views(aug):
     torch.manual_seed(0)

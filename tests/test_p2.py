@@ -371,3 +371,24 @@ def test_hw1_2_sh_is_one_python3_line_and_writes_masks(run, samples_dir, tmp_pat
     assert "images/s" in done.stdout
     assert sorted(p.name for p in out.iterdir()) == ["0107_mask.png", "0128_mask.png"]
     assert Image.open(out / "0128_mask.png").size == (100, 75)
+
+
+def test_max_images_limits_both_splits_unless_one_is_given(monkeypatch, tmp_path):
+    asked = []
+
+    def load_split(folder, max_n=None, cache_dir=None, workers=None):
+        asked.append((folder.name, max_n))
+        if len(asked) == 2:
+            raise RuntimeError("stop after the data")
+        return None, None, None
+
+    monkeypatch.setattr(p2_engine, "load_split", load_split)
+    for extra, want in ((["--max-images", "3"], [("train", 3), ("validation", 3)]),
+                        (["--max-images", "3", "--max-val", "1"], [("train", 3),
+                                                                    ("validation", 1)])):
+        asked.clear()
+        args = deeplab_args("--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "run"),
+                            "--overwrite", "--device", "cpu", *extra)
+        with pytest.raises(RuntimeError, match="stop after the data"):
+            p2_engine.train(args)
+        assert asked == want

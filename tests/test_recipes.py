@@ -50,7 +50,7 @@ def test_byol_report_is_the_reports_code():
     assert a.decay_all  # AdamW(learner.parameters(), weight_decay=0.01): biases and BN too
     assert (a.schedule, a.warmup_epochs) == ("constant", 0.0)
     assert (a.target, a.ema_decay, a.ema_schedule) == ("ema", 0.99, "constant")
-    assert a.aug == "report+lib" and a.bank_size == 128 and a.export == "best"
+    assert a.aug == "report+lib" and a.bank_size == 128 and (a.export, a.holdout) == ("best", 0.0)
     views = p1_pretrain_byol.build_views(a.aug, 128, torch.device("cpu"))
     first = views[0].augment  # the report's list: RRC(128), flip, ColorJitter(0.2 x 4) always
     assert (first.scale, first.p_flip, first.jitter, first.p_jitter) == (
@@ -64,7 +64,7 @@ def test_byol_strong_is_the_long_warm_cosine_asymmetric_run():
     a = byol("strong")
     assert (a.epochs, a.batch_size, a.lr, a.weight_decay) == (1000, 512, 1e-4, 0.0)
     assert (a.schedule, a.warmup_epochs) == ("cosine", 13.0)  # 1000 steps of 75 per epoch
-    assert (a.aug, a.ema_schedule, a.target) == ("byol", "cosine", "ema")
+    assert (a.aug, a.ema_schedule, a.target, a.holdout) == ("byol", "cosine", "ema", 0.1)
     views = p1_pretrain_byol.build_views(a.aug, 128, torch.device("cpu"))
     assert [(v.augment.p_blur, v.augment.p_solarize) for v in views] == [(1.0, 0.0), (0.1, 0.2)]
     assert all(v.then is None for v in views)
@@ -120,6 +120,37 @@ def test_finetune_strong_trains_all_at_once_and_freezes_bn_in_d_and_e():
     frozen = p1_common.Classifier(65, freeze_backbone=True,
                                   freeze_bn=finetune("strong", "E").freeze_bn).train()
     assert not frozen.bn1.training and frozen.fc[1].training  # backbone BN held, head BN trains
+
+
+def test_strong_fine_tuning_takes_each_cells_own_run_unless_a_flag_says_otherwise(tmp_path,
+                                                                                 monkeypatch):
+    backbone = tmp_path / "backbone.pth"
+    backbone.write_bytes(b"checked for existence only")
+    seen = {}
+    monkeypatch.setattr(p1_finetune, "run_setting",
+                        lambda a, banks: seen.setdefault(a.setting, a) and None)
+    p1_finetune.main(parse(p1_finetune, "--setting", "all", "--data-dir", tmp_path, "--recipe",
+                           "strong", "--backbone", backbone, "--sl-backbone", backbone,
+                           "--batch-size", 16, "--lr", 5e-4))  # 5e-4 is the recipe's own lr
+    cell = {s: (a.optimizer, a.lr, a.weight_decay, a.batch_size, a.epochs, a.schedule, a.aug)
+            for s, a in seen.items()}
+    assert cell == {  # JustinKai A, Lucashien B, pha123661 C, stann37 D, JackChen E
+        "A": ("adamw", 5e-4, 0.0, 16, 150, "constant", "simclr"),
+        "B": ("adamw", 1e-3, 0.0, 16, 600, "constant", "simclr"),  # batch 256 lost to the flag
+        "C": ("adamw", 5e-4, 0.0, 16, 300, "cosine", "simclr"),
+        "D": ("adamw", 3e-4, 1e-5, 16, 300, "constant", "report"),
+        "E": ("adam", 5e-4, 1e-3, 16, 300, "multistep", "simclr")}
+    assert seen["D"].decay_all and seen["D"].freeze_bn and seen["E"].freeze_bn
+    assert seen["A"].explicit_flags == ["backbone", "batch_size", "data_dir", "setting",
+                                        "sl_backbone"]
+    report = parse(p1_finetune, "--setting", "all", "--data-dir", "x")
+    assert recipes.for_setting(report, "B") == {}  # the report recipe is one run for all
+
+
+def test_multistep_halves_at_epochs_30_100_200_of_300():
+    from training import lr_multiplier
+    steps = [lr_multiplier(e, 300, 0, "multistep") for e in (0, 29, 30, 99, 100, 199, 200, 299)]
+    assert steps == [1, 1, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125]
 
 
 def seg(module, recipe):

@@ -357,3 +357,17 @@ def test_make_optimizer_decays_weights_only_and_keeps_group_lrs():
     assert [g["nesterov"] and g["momentum"] for g in sgd.param_groups] == [0.9, 0.9]
     with pytest.raises(ValueError, match="unknown optimizer"):
         training.make_optimizer(head.parameters(), "lamb", 0.1, 0.0, "cpu")
+
+
+def test_rotation_uncovers_black_corners_and_the_shift_reflects():
+    torch.manual_seed(0)
+    white = torch.full((8, 3, 32, 32), 255, dtype=torch.uint8)
+    black = -torch.tensor(augment.IMAGENET_MEAN) / torch.tensor(augment.IMAGENET_STD)  # (3,)
+    rotated = augment.ClassificationAugment(32, scale=(1.0, 1.0), ratio=(1.0, 1.0), p_jitter=0.0,
+                                            degrees=15.0)(white)
+    is_black = (rotated - black.view(1, 3, 1, 1)).abs().amax(1) < 1e-4  # (8, 32, 32)
+    assert is_black[:, 0, 0].sum() + is_black[:, -1, -1].sum() > 0  # some corner turned black
+    assert not is_black[:, 16, 16].any()  # the centre stays white
+    shifted = augment.ClassificationAugment(32, scale=(1.0, 1.0), ratio=(1.0, 1.0),
+                                            p_jitter=0.0, translate=4 / 32)(white)
+    torch.testing.assert_close(shifted, augment.normalize(torch.ones(8, 3, 32, 32)))  # reflected
