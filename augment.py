@@ -97,16 +97,13 @@ def crop_theta(w, h, cx, cy, flip_x=None, flip_y=None, rot90=None):
     return theta
 
 
-def rotate_shift_theta(theta, angle, shift=None):
+def rotate_theta(theta, angle):
     """theta (B, 2, 3), output -> source, followed on the output by a rotation of `angle`
-    radians (B,) about the centre and a shift (B, 2) in normalised coordinates (torchvision's
-    rotate, then a random crop of a padded image): out(p) = src(theta(R(-angle) p + shift))."""
+    radians (B,) about the centre (torchvision's rotate): out(p) = src(theta(R(-angle) p))."""
     cos, sin = torch.cos(angle), torch.sin(angle)
     rot = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], 1)  # R(-a)
     out = theta.clone()
     out[:, :, :2] = theta[:, :, :2] @ rot
-    if shift is not None:
-        out[:, :, 2] = theta[:, :, 2] + (theta[:, :, :2] @ shift.unsqueeze(-1)).squeeze(-1)
     return out
 
 
@@ -208,13 +205,13 @@ class ClassificationAugment(_BatchAugment):
         flip = rand() < self.p_flip
         theta = crop_theta(w, h, cx, cy, flip_x=flip)
         if self.degrees:  # torchvision's rotate: the corners it uncovers are black (fill 0)
-            theta = rotate_shift_theta(theta, rand(-self.degrees, self.degrees) * (math.pi / 180))
+            theta = rotate_theta(theta, rand(-self.degrees, self.degrees) * (math.pi / 180))
         x = warp(x, theta, self.size, padding="zeros" if self.degrees else "reflection")
         if self.translate:  # a random crop of the image padded by `translate`, reflected
             t = 2 * self.translate  # normalised coordinates span 2
-            shift = torch.stack([rand(-t, t), rand(-t, t)], 1)
-            eye = torch.eye(2, 3, device=x.device).expand(x.shape[0], 2, 3)
-            x = warp(x, rotate_shift_theta(eye, torch.zeros_like(shift[:, 0]), shift), self.size)
+            theta = torch.eye(2, 3, device=x.device).repeat(x.shape[0], 1, 1)
+            theta[:, :, 2] = torch.stack([rand(-t, t), rand(-t, t)], 1)  # a pure shift
+            x = warp(x, theta, self.size)
         if self.p_jitter > 0 and any(self.jitter):
             x = torch.where((rand() < self.p_jitter).view(coin), self._jitter(x), x)
         if self.p_gray > 0:
@@ -282,7 +279,7 @@ class SegmentationAugment(_BatchAugment):
         theta = crop_theta(s, s, cx, cy, flip_x=rand() < self.p_flip,
                            flip_y=rand() < self.p_flip, rot90=k)
         if self.degrees:
-            theta = rotate_shift_theta(theta, rand(-self.degrees, self.degrees) * (math.pi / 180))
+            theta = rotate_theta(theta, rand(-self.degrees, self.degrees) * (math.pi / 180))
         x = warp(x, theta, size, mode="bilinear")
         m = warp(mask.unsqueeze(1).float(), theta, size, mode="nearest")
         if self.degrees:  # what the rotation brings in from outside: black, Unknown

@@ -162,7 +162,8 @@ def sanity_check(model, source, buffers=True):
     state = utils.strip_prefixes(state["model"] if "model" in state else state)
     backbone = p1_common.backbone_state(model)
     if not buffers:
-        backbone = {k: v for k, v in backbone.items() if k in dict(model.named_parameters())}
+        weights = {name for name, _ in model.named_parameters()}
+        backbone = {k: v for k, v in backbone.items() if k in weights}
     for k, v in backbone.items():
         assert k in state, f"{k} is not in {source}: the frozen backbone kept a random tensor"
         assert torch.equal(v.cpu(), state[k].cpu()), f"{k} changed in a frozen-backbone run"

@@ -175,18 +175,18 @@ def load_checkpoint(path, kind=None, map_location="cpu", expect_keys=("model",))
                         f"{first_line(e, 100)}); it is truncated or not a PyTorch file - "
                         "download or train it again") from None
     found = ckpt.get("kind") if isinstance(ckpt, dict) else None
+    bare = isinstance(ckpt, dict) and bool(ckpt) and all(torch.is_tensor(v) for v in ckpt.values())
     if kind is not None and found != kind:
         if found in CHECKPOINT_KINDS:
             what = CHECKPOINT_KINDS[found][0]
-        elif isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        elif bare:
             what = "a bare state_dict (weights only, such as backbone.pth or pretrain_model_SL.pt)"
         else:
             what = "a file that records no checkpoint kind (not written by this repository)"
         raise UserError(f"{path} is {what}, not {CHECKPOINT_KINDS[kind][0]}; pass "
                         f"{CHECKPOINT_KINDS[kind][1]}")
     if expect_keys and not (isinstance(ckpt, dict) and all(k in ckpt for k in expect_keys)):
-        what = ("a bare state_dict" if isinstance(ckpt, dict) and ckpt
-                and all(isinstance(v, torch.Tensor) for v in ckpt.values()) else "another file")
+        what = "a bare state_dict" if bare else "another file"
         raise UserError(f"{path} is not a checkpoint of this repository's training scripts "
                         f"(no {', '.join(expect_keys)} entries: {what}); pass a best.pth or "
                         "last.pth they wrote")
