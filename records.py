@@ -6,6 +6,7 @@ results_report.py and the training scripts share these, so a log is written and 
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -147,3 +148,23 @@ def _atomic_write(path, write, sync=True):
 
 def atomic_write_bytes(path, data, sync=True):
     return _atomic_write(path, lambda f: f.write(data), sync)
+
+
+def atomic_link(source, path):
+    """Give the file `source` a second name `path`, replacing `path` atomically: a hard link (no
+    bytes written), or a copy where the file system has none. Every write in this project
+    replaces a file (os.replace) instead of changing it in place, so when `source` is later
+    rewritten, `path` keeps the old content."""
+    source, path = Path(source), Path(path)
+    tmp = path.with_name(f".{path.name}.link{os.getpid()}")
+    try:
+        os.link(source, tmp)
+    except OSError:
+        with open(source, "rb") as src:
+            return _atomic_write(path, lambda f: shutil.copyfileobj(src, f, 1 << 22))
+    try:
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

@@ -22,7 +22,7 @@ import cli
 import distributed
 import utils
 from errors import UserError, first_line
-from records import _jsonable, append_jsonl, git_sha, truncate_jsonl, write_json
+from records import _jsonable, append_jsonl, atomic_link, git_sha, truncate_jsonl, write_json
 
 
 def fused_optimizer(device):
@@ -287,7 +287,8 @@ class Checkpoints:
             ckpts.end_epoch(epoch, record, keep=epoch == 1)
 
     end_epoch appends `record` to log.jsonl, then writes best.pth (when `record[metric]` beats
-    the best so far: higher with mode="max", lower with "min"), epoch_XXX.pth (when `keep`), and
+    the best so far: higher with mode="max", lower with "min"), epoch_XXX.pth (when `keep`; a hard
+    link to best.pth when this epoch is also the best), and
     last.pth, the only one with the optimizer and scheduler, last of all: until it is replaced,
     --resume restarts this epoch. Every file holds the fields of utils.save_checkpoint, the best
     epoch included. Under torchrun only rank 0 writes; every rank tracks the best.
@@ -328,7 +329,9 @@ class Checkpoints:
             append_jsonl(self.out / "log.jsonl", record)
             if is_best:
                 self.save("best.pth", epoch)
-            if keep:
+            if keep and is_best:  # the very bytes of best.pth: a second name, not a second write
+                atomic_link(self.out / "best.pth", self.out / f"epoch_{epoch:03d}.pth")
+            elif keep:
                 self.save(f"epoch_{epoch:03d}.pth", epoch)
             self.save("last.pth", epoch, full=True)
         return is_best

@@ -27,8 +27,13 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
-from test_p1 import make_p1_data
+from test_p1 import make_p1_data, parse
 from test_p2 import shrink_pairs
+
+import p1_finetune
+import p1_inference
+import p2_inference
+import p2_train_deeplabv3
 
 REPO = Path(__file__).resolve().parents[1]
 GRADING_SCRIPTS = ("hw1_1.sh", "hw1_2.sh", "hw1_download_ckpt.sh")
@@ -139,7 +144,8 @@ def run(cmd, python_dir, **env):
     """Run `cmd` from the repository root with `python_dir` first on PATH (the scripts call
     `python3`), as the grader does."""
     e = {**os.environ, "PATH": f"{python_dir}{os.pathsep}{os.environ['PATH']}",
-         "OMP_NUM_THREADS": "2", **{k: str(v) for k, v in env.items()}}
+         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+         **{k: str(v) for k, v in env.items()}}
     e.pop("PYTHONPATH", None)
     proc = subprocess.run([str(c) for c in cmd], cwd=REPO, env=e, capture_output=True,
                           text=True, timeout=900)
@@ -149,23 +155,25 @@ def run(cmd, python_dir, **env):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, samples_dir):
-    """Checkpoints written by this environment's training scripts (one tiny epoch each), then
-    exported for grading by tools/export_checkpoint.py."""
+    """Checkpoints written by this environment's training scripts (their main(), in this
+    process; one tiny epoch each), then exported for grading by tools/export_checkpoint.py."""
     root = tmp_path_factory.mktemp("grader")
     here = Path(sys.executable).parent
     p1 = make_p1_data(root / "p1")
     torch.manual_seed(0)
     backbone = root / "backbone.pth"
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), backbone)
-    run([sys.executable, "p1_finetune.py", "--setting", "C", "--data-dir", p1 / "office",
-         "--backbone", backbone, "--output-dir", root / "ft", "--results-dir", root / "res",
-         "--epochs", 1, "--batch-size", 8, "--image-size", 32, "--bank-size", 40,
-         "--num-classes", 4, "--warmup-epochs", 0, "--device", "cpu"], here)
+    p1_finetune.main(parse(p1_finetune, "--setting", "C", "--data-dir", p1 / "office",
+                           "--backbone", backbone, "--output-dir", root / "ft", "--results-dir",
+                           root / "res", "--epochs", 1, "--batch-size", 8, "--image-size", 32,
+                           "--bank-size", 40, "--num-classes", 4, "--warmup-epochs", 0,
+                           "--device", "cpu"))
     shrink_pairs(samples_dir, root / "p2" / "train", 64)
     shrink_pairs(samples_dir, root / "p2" / "validation", 64)
-    run([sys.executable, "p2_train_deeplabv3.py", "--data-dir", root / "p2", "--output-dir",
-         root / "seg", "--arch", "resnet50", "--no-pretrained", "--epochs", 1, "--batch-size", 2,
-         "--image-size", 32, "--eval-batch-size", 4, "--snapshot-ids", "--device", "cpu"], here)
+    p2_train_deeplabv3.main(parse(p2_train_deeplabv3, "--data-dir", root / "p2", "--output-dir",
+                                  root / "seg", "--arch", "resnet50", "--no-pretrained",
+                                  "--epochs", 1, "--batch-size", 2, "--image-size", 32,
+                                  "--eval-batch-size", 4, "--snapshot-ids", "--device", "cpu"))
     # exported as a user publishes them (tools/export_checkpoint.py): no optimizer, a hash
     exported = {}
     runs = {"p1": root / "ft" / "C" / "last.pth", "p2": root / "seg" / "last.pth"}
@@ -194,15 +202,17 @@ def test_hw1_scripts_run_on_the_graders_python_with_checkpoints_trained_here(
     py, torch_version, tv_version = version.stdout.split()
     assert (py, torch_version[:5], tv_version[:6]) == ("3.8", "2.4.0", "0.19.0"), version
     env = {"HW1_P1_CHECKPOINT": trained["p1"], "HW1_P2_CHECKPOINT": trained["p2"]}
-    here, grader = Path(sys.executable).parent, grader_python.parent
+    grader = grader_python.parent
 
     # Problem 1: the validation csv (labels present) as the test csv
     csv_in, images = trained["office"] / "val.csv", trained["office"] / "val"
     rows = read_csv(csv_in)[1:]
-    out = {}
-    for name, python_dir in (("grader", grader), ("here", here)):
-        out[name] = tmp_path / f"p1_{name}.csv"
-        run(["bash", "hw1_1.sh", csv_in, images, out[name]], python_dir, **env)
+    out = {"grader": tmp_path / "p1_grader.csv", "here": tmp_path / "p1_here.csv"}
+    run(["bash", "hw1_1.sh", csv_in, images, out["grader"]], grader, **env)
+    # the same command line in this environment, in this process (hw1_1.sh itself runs here in
+    # test_p1.py and test_reliability.py)
+    p1_inference.main(parse(p1_inference, "--csv", csv_in, "--image-dir", images, "--output",
+                            out["here"], "--checkpoint", trained["p1"]))
     text = out["grader"].read_text()
     assert text.splitlines()[0] == "filename,label"  # the slides: no space after the comma
     got = read_csv(out["grader"])[1:]
@@ -210,16 +220,17 @@ def test_hw1_scripts_run_on_the_graders_python_with_checkpoints_trained_here(
     assert all(r[1].isdigit() and 0 <= int(r[1]) < 4 for r in got)
     assert got == read_csv(out["here"])[1:]  # same checkpoint, same predictions on both
 
-    # Problem 2: the real samples, one kept at 512 px, the others at 256 and 320 x 192 px (time)
+    # Problem 2: the real samples, one kept at the grader's 512 px, the others smaller (time),
+    # one of them not a multiple of the network's stride
     sats = tmp_path / "sat"
     sats.mkdir()
-    sizes = {"0008": (512, 512), "0097": (256, 256), "0107": (320, 192)}
+    sizes = {"0008": (512, 512), "0097": (160, 160), "0107": (224, 120)}
     for i, size in sizes.items():
         Image.open(samples_dir / f"{i}_sat.jpg").resize(size).save(sats / f"{i}_sat.jpg")
-    masks = {}
-    for name, python_dir in (("grader", grader), ("here", here)):
-        masks[name] = tmp_path / f"p2_{name}"
-        run(["bash", "hw1_2.sh", sats, masks[name]], python_dir, **env)
+    masks = {"grader": tmp_path / "p2_grader", "here": tmp_path / "p2_here"}
+    run(["bash", "hw1_2.sh", sats, masks["grader"]], grader, **env)
+    p2_inference.main(parse(p2_inference, "--input-dir", sats, "--output-dir", masks["here"],
+                            "--checkpoint", trained["p2"]))
     palette = {(0, 255, 255), (255, 255, 0), (255, 0, 255), (0, 255, 0), (0, 0, 255),
                (255, 255, 255), (0, 0, 0)}
     ids = sorted(sizes)

@@ -140,6 +140,21 @@ def test_fcn32s_imagenet_init_reshapes_vgg16_classifier(monkeypatch):
     assert model.score.weight.abs().max() == 0  # zero-initialised score layer, as in FCN
 
 
+def test_fcn32s_random_start_is_vggs_initialisation():
+    """--no-pretrained: fc6/fc7 (built with skip_init) are N(0, 0.01) with zero bias, the
+    convolutions kaiming-normal (fan_out), the score layer zero, upscore bilinear."""
+    torch.manual_seed(0)
+    model = p2_common.build_fcn32s({"pretrained": False})
+    for layer in (model.fc6, model.fc7):
+        assert layer.weight.mean().abs() < 1e-4
+        assert layer.weight.std().item() == pytest.approx(0.01, rel=0.01)
+        assert layer.bias.abs().max() == 0
+    conv = model.features[28]  # 512 -> 512, 3x3: fan_out std sqrt(2 / (512 * 9))
+    assert conv.weight.std().item() == pytest.approx((2 / (512 * 9)) ** 0.5, rel=0.02)
+    assert model.score.weight.abs().max() == 0
+    assert torch.equal(model.upscore.weight[0, 0], p2_common.bilinear_kernel(64))
+
+
 def test_deeplabv3_coco_init_replaces_last_layers(monkeypatch):
     coco = p2_common.ARCHS["mobilenet_v3_large"][0](
         weights=None, weights_backbone=None, num_classes=21, aux_loss=True).state_dict()

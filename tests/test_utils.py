@@ -1,6 +1,7 @@
 """Foundation tests: mask codec, mIoU, scorer, data readers, image bank, augmentation,
 checkpoints. All on CPU, on the four real satellite pairs and tiny generated files."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import augment
 import data
 import metrics
 import p2_evaluate
+import records
 import training
 import utils
 
@@ -274,6 +276,39 @@ def test_checkpoint_round_trip_and_failed_save_keeps_the_old_one(tmp_path, monke
     monkeypatch.undo()
     assert utils.load_checkpoint(path)["epoch"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]  # no temp file left behind
+
+
+def test_a_kept_epoch_that_is_the_best_is_a_second_name_for_best_pth(tmp_path, monkeypatch):
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ckpts = training.Checkpoints(tmp_path, {"lr": 0.1}, "byol", model, opt, None, "acc")
+    weights = {}
+    for epoch, acc in ((1, 0.5), (2, 0.7), (3, 0.6)):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        weights[epoch] = model.weight.detach().clone()
+        assert ckpts.end_epoch(epoch, {"epoch": epoch, "acc": acc}, keep=True) == (acc != 0.6)
+        if epoch == 1:  # best and kept: one file under two names, no second write
+            assert (tmp_path / "epoch_001.pth").samefile(tmp_path / "best.pth")
+    # best.pth was replaced at epoch 2 (a new file), so epoch_001.pth still holds epoch 1
+    for name, epoch, best_epoch in (("epoch_001.pth", 1, 1), ("epoch_002.pth", 2, 2),
+                                    ("best.pth", 2, 2), ("epoch_003.pth", 3, 2),
+                                    ("last.pth", 3, 2)):
+        ckpt = utils.load_checkpoint(tmp_path / name)
+        assert (ckpt["epoch"], ckpt["best_epoch"]) == (epoch, best_epoch), name
+        assert torch.equal(ckpt["model"]["weight"], weights[epoch]), name
+    assert not (tmp_path / "epoch_003.pth").samefile(tmp_path / "best.pth")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # no temp file left behind
+        "best.pth", "epoch_001.pth", "epoch_002.pth", "epoch_003.pth", "last.pth", "log.jsonl"]
+
+    # a file system without hard links: the same bytes, copied
+    def no_links(src, dst):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    records.atomic_link(tmp_path / "best.pth", tmp_path / "copy.pth")
+    assert (tmp_path / "copy.pth").read_bytes() == (tmp_path / "best.pth").read_bytes()
+    assert not (tmp_path / "copy.pth").samefile(tmp_path / "best.pth")
 
 
 def test_load_checkpoint_errors_name_the_file(tmp_path):
