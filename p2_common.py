@@ -60,9 +60,12 @@ class FCN32s(nn.Module):
         super().__init__()
         self.features = make_layers(cfgs["D"])  # VGG16 conv1_1 .. pool5, stride 32
         # fc6/fc7 hold 119M of the 134M weights: built without PyTorch's default init, which
-        # the normal_ below would overwrite anyway (it took ~1 s of every build on a CPU)
-        self.fc6 = nn.utils.skip_init(nn.Conv2d, 512, 4096, 7, padding=3)
-        self.fc7 = nn.utils.skip_init(nn.Conv2d, 4096, 4096, 1)
+        # the normal_ below would overwrite anyway (it took ~1 s of every build on a CPU), on
+        # the device the rest was built on (skip_init's own default is the CPU, whatever
+        # `with torch.device(...)` surrounds the build: results_report.py builds on "meta")
+        device = self.features[0].weight.device
+        self.fc6 = nn.utils.skip_init(nn.Conv2d, 512, 4096, 7, padding=3, device=device)
+        self.fc7 = nn.utils.skip_init(nn.Conv2d, 4096, 4096, 1, device=device)
         self.drop = nn.Dropout2d(0.5)
         self.score = nn.Conv2d(4096, num_classes, 1)
         self.upscore = bilinear_upsampler(num_classes)

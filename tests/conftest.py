@@ -30,7 +30,6 @@ def samples_dir():
     return path
 
 
-
 # ------------------------------------------------------------------- parallel runs (xdist)
 # The README's command is `python -m pytest -q -n auto`: one worker per CPU core (at most 4:
 # each holds models of up to ~3 GB), test files dealt out whole (pytest.ini: --dist loadfile,
@@ -41,7 +40,7 @@ SLOW_FIRST = ("test_reproduce.py", "test_bench.py", "test_grader.py", "test_inte
 
 
 def pytest_xdist_auto_num_workers(config):
-    return max(2, min(4, os.cpu_count() or 1))
+    return min(4, os.cpu_count() or 1)
 
 
 def pytest_configure(config):
@@ -59,4 +58,3 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(SLOW_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
-

@@ -221,10 +221,10 @@ def test_hw1_scripts_run_on_the_graders_python_with_checkpoints_trained_here(
     assert got == read_csv(out["here"])[1:]  # same checkpoint, same predictions on both
 
     # Problem 2: the real samples, one kept at the grader's 512 px, the others smaller (time),
-    # one of them not a multiple of the network's stride
+    # one side (124) not a multiple of DeepLabV3's output stride 8
     sats = tmp_path / "sat"
     sats.mkdir()
-    sizes = {"0008": (512, 512), "0097": (160, 160), "0107": (224, 120)}
+    sizes = {"0008": (512, 512), "0097": (160, 160), "0107": (224, 124)}
     for i, size in sizes.items():
         Image.open(samples_dir / f"{i}_sat.jpg").resize(size).save(sats / f"{i}_sat.jpg")
     masks = {"grader": tmp_path / "p2_grader", "here": tmp_path / "p2_here"}

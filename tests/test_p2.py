@@ -153,6 +153,9 @@ def test_fcn32s_random_start_is_vggs_initialisation():
     assert conv.weight.std().item() == pytest.approx((2 / (512 * 9)) ** 0.5, rel=0.02)
     assert model.score.weight.abs().max() == 0
     assert torch.equal(model.upscore.weight[0, 0], p2_common.bilinear_kernel(64))
+    with torch.device("meta"):  # results_report.py's shape-only build: nothing on the CPU
+        shapes_only = p2_common.build_fcn32s({"pretrained": False})
+    assert {p.device.type for p in shapes_only.parameters()} == {"meta"}
 
 
 def test_deeplabv3_coco_init_replaces_last_layers(monkeypatch):
