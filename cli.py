@@ -1,7 +1,9 @@
 """The command-line conventions every script shares, torch-free and Python 3.8 compatible:
-`--x/--no-x` flags (BooleanFlag) and one --help formatter (HelpFormatter)."""
+`--x/--no-x` flags (BooleanFlag), one --help formatter (HelpFormatter) and the line under
+`if __name__ == "__main__":` (run)."""
 
 import argparse
+import gc
 
 
 class BooleanFlag(argparse.Action):
@@ -31,3 +33,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is False or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
+
+
+def run(main, parser):
+    """What an entry script does when started: parse its command line and call main(args).
+
+    First it freezes the objects its imports built (gc.freeze): torch and torchvision leave
+    ~330,000 of them, which Python's cycle collector would otherwise walk at every full
+    collection (0.2 s each) and in several passes more at exit. They live as long as the process
+    anyway. That saves 1-1.5 s of CPU per start of a script that imports torchvision (`python
+    p2_train_fcn32s.py --help`: 4.3-4.8 s instead of 5.7-6.4 s on a 2-core machine).
+    """
+    gc.freeze()
+    return main(parser.parse_args())

@@ -1,8 +1,12 @@
-"""The mIoU of the course: a confusion matrix over every pixel of every image of a split."""
+"""The mIoU of the course: a confusion matrix over every pixel of every image of a split.
+
+Torch-free to import: the scorer (p2_evaluate.py) counts NumPy masks in a NumPy matrix; the
+training scripts' validation counts on its device (device=...), where torch is loaded anyway.
+"""
 
 import math
 
-import torch
+import numpy as np
 
 from data import CLASS_NAMES, NUM_CLASSES, SCORED_CLASSES
 
@@ -19,39 +23,59 @@ class ConfusionMatrix:
     agree there).
     """
 
-    def __init__(self, num_classes=NUM_CLASSES, device="cpu"):
+    def __init__(self, num_classes=NUM_CLASSES, device=None):
+        """device None: `mat` is a NumPy array; a torch device: a tensor there (validation
+        counts on the GPU, and the ranks all-reduce it)."""
         self.n = num_classes
-        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        if device is None:
+            self.mat = np.zeros((num_classes, num_classes), dtype=np.int64)
+        else:
+            import torch
+            self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
 
     def update(self, target, pred):
-        t = torch.as_tensor(target).to(self.mat.device).reshape(-1).long()
-        p = torch.as_tensor(pred).to(self.mat.device).reshape(-1).long()
+        """Add the pixels of (..., H, W) class maps, NumPy arrays or tensors (on the matrix's
+        device when it has one); values outside 0..n-1 are not counted."""
+        if isinstance(self.mat, np.ndarray):
+            t = np.asarray(target).reshape(-1).astype(np.int64)
+            p = np.asarray(pred).reshape(-1).astype(np.int64)
+            bincount = np.bincount
+        else:
+            import torch
+            t = torch.as_tensor(target).to(self.mat.device).reshape(-1).long()
+            p = torch.as_tensor(pred).to(self.mat.device).reshape(-1).long()
+            bincount = torch.bincount
         if t.shape != p.shape:
-            raise ValueError(f"target has {t.numel()} pixels, prediction {p.numel()}")
+            raise ValueError(f"target has {t.shape[0]} pixels, prediction {p.shape[0]}")
         ok = (t >= 0) & (t < self.n) & (p >= 0) & (p < self.n)
-        counts = torch.bincount(self.n * t[ok] + p[ok], minlength=self.n ** 2)
-        self.mat += counts.view(self.n, self.n)
+        self.mat += bincount(self.n * t[ok] + p[ok], minlength=self.n ** 2).reshape(self.n, self.n)
         return self
 
     def reset(self):
-        self.mat.zero_()
+        self.mat[...] = 0
+
+    def counts(self):
+        """The matrix as a float64 NumPy array (copied to the host)."""
+        mat = self.mat if isinstance(self.mat, np.ndarray) else self.mat.cpu().numpy()
+        return mat.astype(np.float64)
 
     def iou(self, classes=SCORED_CLASSES):
-        """IoU of classes 0..classes-1 as a float64 CPU tensor; NaN for a class never seen."""
-        mat = self.mat.double().cpu()
-        tp = mat.diag()
+        """IoU of classes 0..classes-1 as a float64 NumPy array; NaN for a class never seen."""
+        mat = self.counts()
+        tp = np.diag(mat)
         denom = mat.sum(0) + mat.sum(1) - tp
-        iou = torch.where(denom > 0, tp / denom.clamp(min=1), torch.full_like(tp, float("nan")))
+        iou = np.full_like(tp, np.nan)
+        np.divide(tp, denom, out=iou, where=denom > 0)
         return iou[:classes]
 
     def miou(self, classes=SCORED_CLASSES):
         iou = self.iou(classes)
-        defined = ~torch.isnan(iou)
+        defined = ~np.isnan(iou)
         return float(iou[defined].mean()) if defined.any() else float("nan")
 
     def pixel_accuracy(self):
-        mat = self.mat.double()
-        return float(mat.diag().sum() / mat.sum().clamp(min=1))
+        mat = self.counts()
+        return float(np.trace(mat) / max(mat.sum(), 1.0))
 
     def per_class(self, classes=SCORED_CLASSES):
         """{class name: IoU or None} for logs (JSON has no NaN)."""

@@ -70,9 +70,8 @@ def load_classifier(path, device):
     -> (model in eval mode, the run's args, the checkpoint's epoch)."""
     ckpt = utils.load_checkpoint(path, kind="p1_classifier")
     args = ckpt["args"]
-    model = Classifier(args["num_classes"])
     try:
-        model.load_state_dict(ckpt["model"])
+        model = utils.build_loaded(lambda: Classifier(args["num_classes"]), ckpt["model"])
     except RuntimeError as e:
         raise UserError(f"{path} does not fit the classifier its args describe "
                         f"({first_line(e, 120)}); train or download it again") from None

@@ -64,7 +64,7 @@ import recipes
 import training
 import utils
 from augment import ClassificationAugment
-from records import atomic_write_bytes, plot_curves, read_jsonl, write_json
+from records import LiveCurves, atomic_write_bytes, read_jsonl, write_json
 
 SETTINGS = {  # setting: (where the backbone starts, is it frozen)
     "A": ("random", False),
@@ -359,6 +359,8 @@ def run_setting(args, banks=None):
     step_model = distributed.distribute_model(model, device, find_unused_parameters=bool(steps))
 
     # ---- loop: train, validate, then rank 0 logs and saves; a signal stops after a step
+    curves = LiveCurves(out / "log.jsonl", out / "curves.png",
+                        ["train_loss", "train_acc", "val_acc"], title=f"setting {args.setting}")
     with training.StopOnSignal(out) as stop:
         for epoch in range(start_epoch, args.epochs + 1):
             unfreeze(model, steps, epoch)
@@ -376,8 +378,7 @@ def run_setting(args, banks=None):
                 print(f"[{args.setting}] epoch {epoch}/{args.epochs} loss "
                       f"{record['train_loss']:.4f} train acc {record['train_acc']:.4f} val acc "
                       f"{record['val_acc']:.4f} | {record['images_per_s']:.0f} img/s")
-                plot_curves(read_jsonl(out / "log.jsonl"), ["train_loss", "train_acc", "val_acc"],
-                            out / "curves.png", title=f"setting {args.setting}")
+                curves.epoch_done(final=epoch == args.epochs or bool(stop))
             stop.check(epoch)
     if frozen:
         sanity_check(model, source, buffers=args.freeze_bn)
@@ -432,4 +433,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())

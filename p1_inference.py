@@ -106,7 +106,7 @@ def main(args):
     if args.output.is_dir():
         raise errors.UserError(f"--output {args.output} is a folder; pass the path of the csv "
                               f"file to write, e.g. {args.output / 'pred.csv'}")
-    utils.writable_dir(args.output.parent, "--output")
+    records.writable_dir(args.output.parent, "--output")
     model, margs, _ = load_classifier(args.checkpoint, device)
     if margs["setting"] != "C":
         print(f"note: {args.checkpoint} is a setting {margs['setting']} checkpoint (every "
@@ -132,4 +132,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())

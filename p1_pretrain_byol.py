@@ -439,6 +439,8 @@ def main(args):
     train = (bank, views, steps_per_epoch, total_steps)
 
     # ---- loop: a signal stops after the current step (last.pth = last completed epoch)
+    curves = records.LiveCurves(out / "log.jsonl", out / "loss.png", ["loss", "knn_acc"],
+                                title="BYOL pre-training")
     with training.StopOnSignal(out) as stop:
         for epoch in range(start_epoch, args.epochs + 1):
             t0 = time.perf_counter()
@@ -460,8 +462,7 @@ def main(args):
                       + (f" | knn acc {record['knn_acc']:.4f}" if "knn_acc" in record else ""))
                 if is_best and args.export == "best":
                     save_backbone(learner.net, out / "backbone.pth")
-                records.plot_curves(records.read_jsonl(out / "log.jsonl"), ["loss", "knn_acc"],
-                                    out / "loss.png", title="BYOL pre-training")
+                curves.epoch_done(final=epoch == args.epochs or bool(stop))
             stop.check(epoch)
     best_loss, best_epoch = ckpts.best, ckpts.best_epoch
 
@@ -475,4 +476,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())

@@ -233,8 +233,8 @@ def load_segmenter(path, device):
     cfg = ckpt["args"]
     name = cfg["model_name"]
     try:
-        model = BUILDERS[name](cfg, load_pretrained=False)
-        model.load_state_dict(ckpt["model"])
+        model = utils.build_loaded(lambda: BUILDERS[name](cfg, load_pretrained=False),
+                                   ckpt["model"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise UserError(f"{path}: weights do not fit a {name} built from its own args "
                         f"({first_line(e, 120)}); train or download it again") from None

@@ -71,7 +71,7 @@ from distributed import (
 from errors import UserError
 from metrics import ConfusionMatrix
 from p2_common import main_logits, predict
-from records import plot_curves, read_jsonl, save_figure
+from records import LiveCurves, save_figure
 from training import (
     Checkpoints,
     StopOnSignal,
@@ -476,6 +476,8 @@ def train(args, build_model=p2_common.build_model):
     eval_model = step_model if world_size() == 1 else model  # sharded validation: no collectives
     train = (train_x, train_y, build_augment(args), criterion)
     snapshot = (snap_ids, snap_images, snap_truths)
+    curves = LiveCurves(out / "log.jsonl", out / "curves.png", ["train_loss", "val_miou", "lr"],
+                        title=f"{args.model_name}: {out}")
 
     # ---- loop: train, validate, then rank 0 logs and saves; a signal stops after a step -------
     with StopOnSignal(out) as stop:
@@ -500,7 +502,8 @@ def train(args, build_model=p2_common.build_model):
                                     preds=torch.stack([kept[r] for r in snap_rows]).numpy())
             is_best = ckpts.end_epoch(epoch, record, keep=epoch in kept_epochs(args.epochs))
             if is_main_process():
-                report_epoch(out, args, epoch, record, is_best, snapshot)
+                report_epoch(out, args, epoch, record, is_best, snapshot, curves,
+                             final=epoch == args.epochs or bool(stop))
             stop.check(epoch)
     if is_main_process() and snap_rows and start_epoch > args.epochs:
         redraw_snapshots(out, snap_ids, snap_images, snap_truths, args.epochs, args.epochs)
@@ -508,9 +511,9 @@ def train(args, build_model=p2_common.build_model):
     return ckpts.best
 
 
-def report_epoch(out, args, epoch, record, is_best, snapshot):
-    """Rank 0's end of an epoch after Checkpoints.end_epoch: the printed line, the curves and
-    the snapshot figure."""
+def report_epoch(out, args, epoch, record, is_best, snapshot, curves, final):
+    """Rank 0's end of an epoch after Checkpoints.end_epoch: the printed line, the curves
+    (LiveCurves; `final`: the last epoch, or a signal came) and the snapshot figure."""
     snap_ids, snap_images, snap_truths = snapshot
     print(f"epoch {epoch}/{args.epochs} | loss {record['train_loss']:.4f} | val mIoU "
           f"{record['val_miou'] if record['val_miou'] is not None else float('nan'):.4f}"
@@ -519,7 +522,6 @@ def report_epoch(out, args, epoch, record, is_best, snapshot):
                      for k, v in record["val_iou"].items())
           + f" | lr {record['lr']:.2e} | {record['images_per_s']:.1f} train img/s"
           f" | {record['seconds']:.0f} s")
-    plot_curves(read_jsonl(out / "log.jsonl"), ["train_loss", "val_miou", "lr"],
-                out / "curves.png", title=f"{args.model_name}: {out}")
+    curves.epoch_done(final)
     if epoch in kept_epochs(args.epochs) and snap_ids:
         redraw_snapshots(out, snap_ids, snap_images, snap_truths, epoch, args.epochs)

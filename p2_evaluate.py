@@ -31,8 +31,7 @@ import cli
 from data import CLASS_NAMES, SCORED_CLASSES, read_mask
 from errors import UserError
 from metrics import ConfusionMatrix
-from records import write_json
-from utils import writable_dir
+from records import writable_dir, write_json
 
 
 def get_args_parser():
@@ -116,4 +115,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())

@@ -35,11 +35,8 @@ import cli
 from data import load_rgb, write_mask
 from errors import UserError, first_line
 from p2_common import load_segmenter, predict
-from utils import (
-    get_device,
-    setup_precision,
-    writable_dir,
-)
+from records import writable_dir
+from utils import get_device, setup_precision
 
 ROOT = Path(__file__).resolve().parent
 
@@ -143,4 +140,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())

@@ -68,7 +68,7 @@ import utils
 from data import CLASS_NAMES, IMAGE_EXTENSIONS, NUM_CLASSES, SCORED_CLASSES
 from errors import UserError
 from metrics import ConfusionMatrix
-from records import append_jsonl, atomic_write_bytes, write_json
+from records import append_jsonl, atomic_write_bytes, writable_dir, write_json
 
 MODEL_TYPES = ("vit_h", "vit_l", "vit_b")
 # The official file of each model type (https://github.com/facebookresearch/segment-anything).
@@ -753,7 +753,7 @@ def main(args, model=None):
     figure_ids = args.figure_ids or args.ids or [image_id(f) for f in files[:3]]
     out = training.prepare_output_dir(args.output_dir, args, overwrite=True, marker=LOG_FILE)
     if args.figure is not None:  # checked now, not after every image is segmented
-        utils.writable_dir(Path(args.figure).parent, "--figure")
+        writable_dir(Path(args.figure).parent, "--figure")
     generator, settings = load_generator(args, device, model)
     training.print_run_header(args, device, batch_size=settings["points_per_batch"])
     print(f"{settings['model']} | {'bf16 autocast' if settings['amp'] else 'fp32'} | "
@@ -799,4 +799,4 @@ def main(args, model=None):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())

@@ -1,5 +1,6 @@
-"""What a run records and reads back, without torch: atomic file writes, args.json and other
-JSON files, log.jsonl (one line per epoch), curve figures, the git SHA.
+"""What a run records and reads back, without torch: atomic file writes, the check that a folder
+takes files, args.json and other JSON files, log.jsonl (one line per epoch), curve figures, the
+git SHA.
 
 results_report.py and the training scripts share these, so a log is written and read one way.
 """
@@ -10,9 +11,27 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
-from errors import UserError
+from errors import UserError, first_line
+
+
+def writable_dir(path, flag="--output-dir"):
+    """Create the folder `path` if needed and check that a file can be written in it (by
+    writing and deleting a temporary one: os.access says yes to root on any folder).
+    Returns it as a Path; a file in the way or a read-only place is one line naming it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        reason = (f"{blocker} is a file, not a folder" if blocker is not None
+                  else e.strerror or first_line(e))
+        raise UserError(f"cannot write into {path} ({reason}); choose another {flag}") from None
+    return path
 
 
 def git_sha():
@@ -93,6 +112,27 @@ def plot_curves(records, keys, path, title=None):
         fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path, dpi=110)
+
+
+class LiveCurves:
+    """A training run's curves PNG (plot_curves of its log.jsonl), kept up to date during the
+    run: `epoch_done(final)` redraws it for the run's last epoch or a stop (`final`), otherwise
+    only once `every` seconds have passed since the last drawing (or since the start). A drawing
+    costs about 0.5 s of CPU: nothing beside a real run's epochs of minutes, more than a whole
+    epoch of the demo's and the tests' tiny runs, which drew it after every one."""
+
+    def __init__(self, log_path, path, keys, title=None, every=30.0):
+        self.log_path, self.path, self.keys, self.title = log_path, path, keys, title
+        self.every = every
+        self.drawn_at = time.monotonic()
+
+    def epoch_done(self, final=False):
+        """-> the path written, or None when it is not time yet."""
+        if not final and time.monotonic() - self.drawn_at < self.every:
+            return None
+        written = plot_curves(read_jsonl(self.log_path), self.keys, self.path, title=self.title)
+        self.drawn_at = time.monotonic()
+        return written
 
 
 def save_figure(fig, path, **savefig_kwargs):

@@ -22,7 +22,15 @@ import cli
 import distributed
 import utils
 from errors import UserError, first_line
-from records import _jsonable, append_jsonl, atomic_link, git_sha, truncate_jsonl, write_json
+from records import (
+    _jsonable,
+    append_jsonl,
+    atomic_link,
+    git_sha,
+    truncate_jsonl,
+    writable_dir,
+    write_json,
+)
 
 
 def fused_optimizer(device):
@@ -68,7 +76,7 @@ def prepare_output_dir(output_dir, args, resume=False, overwrite=False, marker="
     A directory that already holds a run (its `marker` file) is refused unless the user resumes
     it or explicitly overwrites it, so a typo in a command never clobbers a night of training.
     """
-    out = utils.writable_dir(output_dir, "--output-dir")
+    out = writable_dir(output_dir, "--output-dir")
     if (out / marker).exists() and not (resume or overwrite):
         raise UserError(f"{out} already holds a run ({marker}); pass --resume to continue it "
                         "or --overwrite to start again")

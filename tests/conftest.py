@@ -5,6 +5,7 @@ put it there). The four real samples live in tests/data/ (sources and
 licences in tests/data/SOURCES.md); HW1_SAMPLES_DIR points the tests at another copy.
 """
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -52,7 +53,9 @@ def pytest_configure(config):
         threads = max(1, (os.cpu_count() or 1) // workers)
         os.environ["OMP_NUM_THREADS"] = str(threads)
         import torch
+        import torchvision  # noqa: F401  (imported here once, so that the freeze covers it)
         torch.set_num_threads(threads)
+        gc.freeze()  # as cli.run does for the scripts: full collections skip torch's objects
 
 
 def pytest_collection_modifyitems(items):

@@ -362,7 +362,7 @@ def test_unwritable_output_folders_are_one_line(tmp_path):
         p2_evaluate.main(p2_evaluate.get_args_parser().parse_args(
             ["-g", str(tmp_path), "-p", str(tmp_path), "--json", str(blocker / "s.json")]))
     one_line(e, blocker, "--json")
-    out = utils.writable_dir(tmp_path / "new" / "deeper")  # a missing folder is created
+    out = records.writable_dir(tmp_path / "new" / "deeper")  # a missing folder is created
     assert out.is_dir() and list(out.iterdir()) == []
 
 

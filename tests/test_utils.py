@@ -73,9 +73,42 @@ def test_confusion_matrix_iou_by_hand():
     # class 1: TP 2, FP 1, FN 0 -> 2/3;  class 2: TP 0, FN 1 -> 0
     # class 3: TP 0, FP 2 (Unknown and class-2 pixels) -> 0;  classes 4, 5 absent -> NaN
     assert iou[:4].tolist() == pytest.approx([1 / 3, 2 / 3, 0.0, 0.0])
-    assert torch.isnan(iou[4]) and torch.isnan(iou[5])
+    assert np.isnan(iou[4]) and np.isnan(iou[5])
     assert cm.miou() == pytest.approx((1 / 3 + 2 / 3 + 0 + 0) / 4)
     assert cm.per_class()["Water"] is None
+
+
+def test_confusion_matrix_counts_the_same_in_numpy_and_on_a_torch_device():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(-1, 8, size=(3, 17, 19))  # -1 and 7: outside 0..6, not counted
+    guess = rng.integers(0, 9, size=(3, 17, 19))
+    host = metrics.ConfusionMatrix()
+    device = metrics.ConfusionMatrix(device="cpu")
+    for t, p in zip(truth, guess):
+        host.update(t, p)
+        device.update(torch.from_numpy(t), torch.from_numpy(p))
+    assert isinstance(host.mat, np.ndarray) and isinstance(device.mat, torch.Tensor)
+    ok = (truth >= 0) & (truth < 7) & (guess < 7)
+    expected = np.zeros((7, 7), np.int64)
+    np.add.at(expected, (truth[ok], guess[ok]), 1)
+    assert np.array_equal(host.mat, expected) and np.array_equal(device.mat.numpy(), expected)
+    assert np.array_equal(host.iou(), device.iou(), equal_nan=True)
+    assert host.pixel_accuracy() == device.pixel_accuracy() == pytest.approx(
+        np.trace(expected) / expected.sum())
+    host.reset()
+    device.reset()
+    assert not host.mat.any() and not device.mat.any()
+
+
+def test_the_scorer_starts_without_torch(repo_root):
+    """p2_evaluate.py (and the data and metrics modules it reads masks with) import no torch:
+    the scorer starts in well under a second."""
+    code = ("import sys, p2_evaluate; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('torch', 'torchvision')))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 def test_confusion_matrix_sums_over_images_not_per_image_mean():
@@ -339,6 +372,40 @@ def test_every_checkpoint_records_its_kind_and_loaders_name_a_wrong_one(tmp_path
         utils.save_checkpoint(tmp_path / "x.pth", model, kind="p3")
 
 
+def test_build_loaded_is_a_plain_build_and_load_without_the_random_start():
+    class Net(torch.nn.Module):
+        def __init__(self, persistent=True):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.bn = torch.nn.BatchNorm2d(4)
+            self.register_buffer("scale", torch.full((4,), 2.0), persistent=persistent)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) * self.scale.view(1, -1, 1, 1)
+
+    torch.manual_seed(0)
+    trained = Net()
+    trained.bn.running_mean.uniform_()
+    state = {k: v.clone() for k, v in trained.state_dict().items()}
+    state["conv.weight"] = state["conv.weight"].bfloat16()  # a file may hold another precision
+    plain = Net()
+    plain.load_state_dict(state)
+    built = utils.build_loaded(Net, state)
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(built.eval()(x), plain.eval()(x))
+    assert built.conv.weight.dtype == torch.float32 and built.conv.weight.requires_grad
+    assert built.bn.num_batches_tracked.dtype == torch.int64
+    assert all(not t.is_meta for t in [*built.parameters(), *built.buffers()])
+    with pytest.raises(RuntimeError, match="Missing key.*bn.running_var"):
+        utils.build_loaded(Net, {k: v for k, v in state.items() if k != "bn.running_var"})
+    with pytest.raises(RuntimeError, match="size mismatch for conv.bias"):
+        utils.build_loaded(Net, {**state, "conv.bias": torch.zeros(5)})
+    # a buffer no state_dict holds would stay without a value: refused, not left on "meta"
+    with pytest.raises(RuntimeError, match="no value for scale"):
+        utils.build_loaded(lambda: Net(persistent=False),
+                           {k: v for k, v in state.items() if k != "scale"})
+
+
 def test_load_resnet_weights_reports_missing_and_unexpected(tmp_path, capsys):
     src = torchvision.models.resnet18(weights=None)
     state = {f"module.{k}": v for k, v in src.state_dict().items()}
@@ -406,3 +473,23 @@ def test_rotation_uncovers_black_corners_and_the_shift_reflects():
     shifted = augment.ClassificationAugment(32, scale=(1.0, 1.0), ratio=(1.0, 1.0),
                                             p_jitter=0.0, translate=4 / 32)(white)
     torch.testing.assert_close(shifted, augment.normalize(torch.ones(8, 3, 32, 32)))  # reflected
+
+
+def test_live_curves_redraw_for_the_last_epoch_a_stop_or_after_the_interval(tmp_path,
+                                                                            monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(records.time, "monotonic", lambda: clock[0])
+    log, png = tmp_path / "log.jsonl", tmp_path / "curves.png"
+    curves = records.LiveCurves(log, png, ["loss"], every=30.0)
+
+    def epoch(n, seconds, final=False):
+        records.append_jsonl(log, {"epoch": n, "loss": 1.0 / n})
+        clock[0] += seconds
+        return curves.epoch_done(final)
+
+    assert epoch(1, 10) is None and not png.exists()  # 10 s after the start: not yet
+    assert epoch(2, 25) == png and png.stat().st_size > 0  # 35 s after the start
+    drawn = png.read_bytes()
+    assert epoch(3, 29) is None and png.read_bytes() == drawn  # 29 s after the drawing
+    assert epoch(4, 1, final=True) == png and png.read_bytes() != drawn  # the last epoch
+    assert epoch(5, 30) == png  # 30 s after the last drawing

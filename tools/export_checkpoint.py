@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 import cli  # noqa: E402
 import utils  # noqa: E402
-from records import _atomic_write  # noqa: E402
+from records import _atomic_write, writable_dir  # noqa: E402
 
 TARGETS = {  # item of hw1_download.py: (checkpoint kind, where the grading script reads it)
     "p1": ("p1_classifier", ROOT / "checkpoints" / "p1_C.pth"),
@@ -57,7 +57,7 @@ def main(args):
     ckpt = utils.load_checkpoint(args.checkpoint, kind=kind)
     slim = {k: ckpt.get(k) for k in KEEP}
     out = Path(args.output or default)
-    utils.writable_dir(out.parent, "--output")
+    writable_dir(out.parent, "--output")
     _atomic_write(out, lambda f: torch.save(slim, f))
     digest, size = sha256(out), out.stat().st_size
     var = f"HW1_{args.item.upper()}"
@@ -72,4 +72,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())
