@@ -14,7 +14,8 @@ from data import CLASS_NAMES, NUM_CLASSES, SCORED_CLASSES
 class ConfusionMatrix:
     """Counts (truth, prediction) pairs over every pixel of every image of a split.
 
-    mat[t, p] = number of pixels of truth t predicted as p, (7, 7) int64, on any device.
+    mat[t, p] = number of pixels of truth t predicted as p, (7, 7) int64 (a NumPy array, or a
+    tensor on a torch device).
     IoU_c = TP / (TP + FP + FN) with TP = mat[c, c], FP = column c minus TP (Unknown truth
     predicted as c included, as in the course scorer), FN = row c minus TP. The mean runs over
     classes 0..5. A class absent from both truth and prediction has 0/0: the course scorer
@@ -37,8 +38,8 @@ class ConfusionMatrix:
         """Add the pixels of (..., H, W) class maps, NumPy arrays or tensors (on the matrix's
         device when it has one); values outside 0..n-1 are not counted."""
         if isinstance(self.mat, np.ndarray):
-            t = np.asarray(target).reshape(-1).astype(np.int64)
-            p = np.asarray(pred).reshape(-1).astype(np.int64)
+            t, p = (np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)  # a tensor
+                    .reshape(-1).astype(np.int64) for x in (target, pred))
             bincount = np.bincount
         else:
             import torch

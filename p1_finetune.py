@@ -361,7 +361,7 @@ def run_setting(args, banks=None):
     # ---- loop: train, validate, then rank 0 logs and saves; a signal stops after a step
     curves = LiveCurves(out / "log.jsonl", out / "curves.png",
                         ["train_loss", "train_acc", "val_acc"], title=f"setting {args.setting}")
-    with training.StopOnSignal(out) as stop:
+    with training.StopOnSignal(out) as stop, curves:
         for epoch in range(start_epoch, args.epochs + 1):
             unfreeze(model, steps, epoch)
             t0 = time.perf_counter()
@@ -378,7 +378,7 @@ def run_setting(args, banks=None):
                 print(f"[{args.setting}] epoch {epoch}/{args.epochs} loss "
                       f"{record['train_loss']:.4f} train acc {record['train_acc']:.4f} val acc "
                       f"{record['val_acc']:.4f} | {record['images_per_s']:.0f} img/s")
-                curves.epoch_done(final=epoch == args.epochs or bool(stop))
+                curves.epoch_done()
             stop.check(epoch)
     if frozen:
         sanity_check(model, source, buffers=args.freeze_bn)

@@ -441,7 +441,7 @@ def main(args):
     # ---- loop: a signal stops after the current step (last.pth = last completed epoch)
     curves = records.LiveCurves(out / "log.jsonl", out / "loss.png", ["loss", "knn_acc"],
                                 title="BYOL pre-training")
-    with training.StopOnSignal(out) as stop:
+    with training.StopOnSignal(out) as stop, curves:
         for epoch in range(start_epoch, args.epochs + 1):
             t0 = time.perf_counter()
             stats = train_one_epoch(model, optimizer, scheduler, train, args, device, epoch,
@@ -462,7 +462,7 @@ def main(args):
                       + (f" | knn acc {record['knn_acc']:.4f}" if "knn_acc" in record else ""))
                 if is_best and args.export == "best":
                     save_backbone(learner.net, out / "backbone.pth")
-                curves.epoch_done(final=epoch == args.epochs or bool(stop))
+                curves.epoch_done()
             stop.check(epoch)
     best_loss, best_epoch = ckpts.best, ckpts.best_epoch
 

@@ -480,7 +480,7 @@ def train(args, build_model=p2_common.build_model):
                         title=f"{args.model_name}: {out}")
 
     # ---- loop: train, validate, then rank 0 logs and saves; a signal stops after a step -------
-    with StopOnSignal(out) as stop:
+    with StopOnSignal(out) as stop, curves:
         for epoch in range(start_epoch, args.epochs + 1):
             t0 = time.perf_counter()
             stats = train_one_epoch(step_model, optimizer, scheduler, train, args, device, epoch,
@@ -502,8 +502,7 @@ def train(args, build_model=p2_common.build_model):
                                     preds=torch.stack([kept[r] for r in snap_rows]).numpy())
             is_best = ckpts.end_epoch(epoch, record, keep=epoch in kept_epochs(args.epochs))
             if is_main_process():
-                report_epoch(out, args, epoch, record, is_best, snapshot, curves,
-                             final=epoch == args.epochs or bool(stop))
+                report_epoch(out, args, epoch, record, is_best, snapshot, curves)
             stop.check(epoch)
     if is_main_process() and snap_rows and start_epoch > args.epochs:
         redraw_snapshots(out, snap_ids, snap_images, snap_truths, args.epochs, args.epochs)
@@ -511,9 +510,9 @@ def train(args, build_model=p2_common.build_model):
     return ckpts.best
 
 
-def report_epoch(out, args, epoch, record, is_best, snapshot, curves, final):
+def report_epoch(out, args, epoch, record, is_best, snapshot, curves):
     """Rank 0's end of an epoch after Checkpoints.end_epoch: the printed line, the curves
-    (LiveCurves; `final`: the last epoch, or a signal came) and the snapshot figure."""
+    (LiveCurves) and the snapshot figure."""
     snap_ids, snap_images, snap_truths = snapshot
     print(f"epoch {epoch}/{args.epochs} | loss {record['train_loss']:.4f} | val mIoU "
           f"{record['val_miou'] if record['val_miou'] is not None else float('nan'):.4f}"
@@ -522,6 +521,6 @@ def report_epoch(out, args, epoch, record, is_best, snapshot, curves, final):
                      for k, v in record["val_iou"].items())
           + f" | lr {record['lr']:.2e} | {record['images_per_s']:.1f} train img/s"
           f" | {record['seconds']:.0f} s")
-    curves.epoch_done(final)
+    curves.epoch_done()
     if epoch in kept_epochs(args.epochs) and snap_ids:
         redraw_snapshots(out, snap_ids, snap_images, snap_truths, epoch, args.epochs)

@@ -116,23 +116,38 @@ def plot_curves(records, keys, path, title=None):
 
 class LiveCurves:
     """A training run's curves PNG (plot_curves of its log.jsonl), kept up to date during the
-    run: `epoch_done(final)` redraws it for the run's last epoch or a stop (`final`), otherwise
-    only once `every` seconds have passed since the last drawing (or since the start). A drawing
-    costs about 0.5 s of CPU: nothing beside a real run's epochs of minutes, more than a whole
-    epoch of the demo's and the tests' tiny runs, which drew it after every one."""
+    run: `epoch_done()` redraws it once `every` seconds have passed since the last drawing (or
+    since the start), and leaving `with curves:` draws what is still undrawn, at the end of the
+    run and at a clean stop (a signal, a UserError), not after a crash, whose own error must
+    stay the last word. A drawing costs about 0.5 s of CPU: nothing beside a real run's epochs
+    of minutes, more than a whole epoch of the demo's and the tests' tiny runs, which drew it
+    after every one."""
 
     def __init__(self, log_path, path, keys, title=None, every=30.0):
         self.log_path, self.path, self.keys, self.title = log_path, path, keys, title
         self.every = every
         self.drawn_at = time.monotonic()
+        self.undrawn = False
 
-    def epoch_done(self, final=False):
+    def epoch_done(self):
         """-> the path written, or None when it is not time yet."""
-        if not final and time.monotonic() - self.drawn_at < self.every:
+        self.undrawn = True
+        if time.monotonic() - self.drawn_at < self.every:
             return None
+        return self.draw()
+
+    def draw(self):
         written = plot_curves(read_jsonl(self.log_path), self.keys, self.path, title=self.title)
-        self.drawn_at = time.monotonic()
+        self.drawn_at, self.undrawn = time.monotonic(), False
         return written
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.undrawn and (exc_type is None or issubclass(exc_type, SystemExit)):
+            self.draw()
+        return False
 
 
 def save_figure(fig, path, **savefig_kwargs):

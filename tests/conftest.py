@@ -47,7 +47,8 @@ def pytest_xdist_auto_num_workers(config):
 def pytest_configure(config):
     """Under N workers, each worker and what it starts gets cores/N torch threads: with
     torch's default of one thread per core the workers' threads fight over the cores (the
-    suite took 7m44s that way on 2 cores, 7m05s with one thread per worker; 2026-11-30)."""
+    suite took 7m44s that way on 2 cores, 7m05s with one thread per worker; 2026-11-30). Each
+    worker then freezes what its imports built, as cli.run does in the scripts."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)

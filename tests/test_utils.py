@@ -475,21 +475,40 @@ def test_rotation_uncovers_black_corners_and_the_shift_reflects():
     torch.testing.assert_close(shifted, augment.normalize(torch.ones(8, 3, 32, 32)))  # reflected
 
 
-def test_live_curves_redraw_for_the_last_epoch_a_stop_or_after_the_interval(tmp_path,
-                                                                            monkeypatch):
+def test_live_curves_redraw_after_the_interval_and_on_leaving_except_after_a_crash(
+        tmp_path, monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(records.time, "monotonic", lambda: clock[0])
     log, png = tmp_path / "log.jsonl", tmp_path / "curves.png"
-    curves = records.LiveCurves(log, png, ["loss"], every=30.0)
 
-    def epoch(n, seconds, final=False):
+    def epoch(curves, n, seconds):
         records.append_jsonl(log, {"epoch": n, "loss": 1.0 / n})
         clock[0] += seconds
-        return curves.epoch_done(final)
+        return curves.epoch_done()
 
-    assert epoch(1, 10) is None and not png.exists()  # 10 s after the start: not yet
-    assert epoch(2, 25) == png and png.stat().st_size > 0  # 35 s after the start
-    drawn = png.read_bytes()
-    assert epoch(3, 29) is None and png.read_bytes() == drawn  # 29 s after the drawing
-    assert epoch(4, 1, final=True) == png and png.read_bytes() != drawn  # the last epoch
-    assert epoch(5, 30) == png  # 30 s after the last drawing
+    with records.LiveCurves(log, png, ["loss"], every=30.0) as curves:
+        assert epoch(curves, 1, 10) is None and not png.exists()  # 10 s after the start
+        assert epoch(curves, 2, 25) == png and png.stat().st_size > 0  # 35 s after the start
+        drawn = png.read_bytes()
+        assert epoch(curves, 3, 29) is None and png.read_bytes() == drawn  # 29 s after it
+        assert epoch(curves, 4, 30) == png  # 30 s after the last drawing
+        drawn = png.read_bytes()
+        assert epoch(curves, 5, 1) is None and png.read_bytes() == drawn
+    with_five = png.read_bytes()
+    assert with_five != drawn  # the run's end drew epoch 5
+
+    def run(error):
+        with records.LiveCurves(log, png, ["loss"], every=30.0) as curves:
+            epoch(curves, 6, 1)
+            raise error
+
+    with pytest.raises(SystemExit):  # a clean stop (signal, UserError): the epochs are drawn
+        run(SystemExit(143))
+    assert png.read_bytes() != with_five
+    png.unlink()
+    with pytest.raises(RuntimeError):  # a crash: nothing more, its own error stays the last
+        run(RuntimeError("boom"))
+    assert not png.exists()
+    with records.LiveCurves(log, png, ["loss"]):  # no epoch done: nothing to draw
+        pass
+    assert not png.exists()
