@@ -361,11 +361,15 @@ def mask_to_classes(rgb):
     return CODE_TO_CLASS[code]
 
 
+def as_numpy(x):
+    """x as a NumPy array without importing torch: a tensor (any device, with or without
+    grad) is copied to the host, anything else goes through np.asarray."""
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
 def classes_to_rgb(classes):
     """(H, W) class indices (numpy or tensor) -> (H, W, 3) uint8 palette image."""
-    if hasattr(classes, "cpu"):  # a torch tensor, on any device
-        classes = classes.cpu().numpy()
-    return PALETTE[np.asarray(classes, dtype=np.int64)]
+    return PALETTE[as_numpy(classes).astype(np.int64)]
 
 
 def read_mask(path):

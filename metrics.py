@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from data import CLASS_NAMES, NUM_CLASSES, SCORED_CLASSES
+from data import CLASS_NAMES, NUM_CLASSES, SCORED_CLASSES, as_numpy
 
 
 class ConfusionMatrix:
@@ -38,8 +38,7 @@ class ConfusionMatrix:
         """Add the pixels of (..., H, W) class maps, NumPy arrays or tensors (on the matrix's
         device when it has one); values outside 0..n-1 are not counted."""
         if isinstance(self.mat, np.ndarray):
-            t, p = (np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)  # a tensor
-                    .reshape(-1).astype(np.int64) for x in (target, pred))
+            t, p = (as_numpy(x).reshape(-1).astype(np.int64) for x in (target, pred))
             bincount = np.bincount
         else:
             import torch
