@@ -452,11 +452,12 @@ def finetune_ours(data, size, batch, device, variant):
     if variant.compile:
         model.compile()
     augment, fmt = p1_finetune.build_augment(args), utils.memory_format(device)
+    criterion = p1_finetune.make_criterion(args)
 
     def step(idx):
         x = augment(bank.batch(idx).to(device, non_blocking=True)).contiguous(memory_format=fmt)
-        loss, _ = p1_finetune.train_step(model, x, labels[idx].to(device), optimizer, args,
-                                         device)
+        loss, _ = p1_finetune.train_step(model, x, labels[idx].to(device), optimizer,
+                                         criterion, device, args.amp)
         scheduler.step()
         return step_result(loss, variant)
 
@@ -474,10 +475,11 @@ def finetune_seed(data, size, batch, device, workers):
                                      transform)
     loader = seed_loader(dataset, batch, workers, device)
     model, optimizer, scheduler = classifier_and_optimizer(args, device)
+    criterion = p1_finetune.make_criterion(args)
 
     def step(xy):
         loss, _ = p1_finetune.train_step(model, xy[0].to(device), xy[1].to(device), optimizer,
-                                         args, device)
+                                         criterion, device, args.amp)
         scheduler.step()
         return loss.item()
 

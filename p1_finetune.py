@@ -207,12 +207,18 @@ def build_augment(args):
     return augment
 
 
-def train_step(model, x, y, optimizer, args, device):
+def make_criterion(args):
+    """loss(logits (B, C), labels (B,)): cross-entropy with --label-smoothing, in fp32."""
+    return lambda logits, y: F.cross_entropy(logits.float(), y,
+                                             label_smoothing=args.label_smoothing)
+
+
+def train_step(model, x, y, optimizer, criterion, device, amp=True):
     """One optimizer step on a prepared batch x (B, 3, S, S), y (B,) -> (loss, number of correct
     predictions), both still on the device (no host sync)."""
-    with utils.autocast(device, args.amp):
+    with utils.autocast(device, amp):
         logits = model(x)  # (B, num_classes)
-    loss = F.cross_entropy(logits.float(), y, label_smoothing=args.label_smoothing)
+    loss = criterion(logits, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -220,10 +226,11 @@ def train_step(model, x, y, optimizer, args, device):
 
 
 def train_one_epoch(model, optimizer, scheduler, train, args, device, epoch, stop=None):
-    """One epoch over train = (bank, labels, augment) -> {train_loss, train_acc, images} over all
-    ranks. Data order and augmentations come from (seed, epoch) alone, so --resume replays the
-    epoch; under torchrun each rank takes its share of the global --batch-size."""
-    bank, labels, augment = train
+    """One epoch over train = (bank, labels, augment, criterion) -> {train_loss, train_acc,
+    images} over all ranks. Data order and augmentations come from (seed, epoch) alone, so
+    --resume replays the epoch; under torchrun each rank takes its share of the global
+    --batch-size."""
+    bank, labels, augment, criterion = train
     model.train()
     fmt = utils.memory_format(device)
     # summed on the device; one host sync per epoch instead of one per step
@@ -238,7 +245,8 @@ def train_one_epoch(model, optimizer, scheduler, train, args, device, epoch, sto
                     desc=f"{args.setting} epoch {epoch}",
                     disable=not distributed.is_main_process()):
         x = augment(bank.batch(idx)).to(device).contiguous(memory_format=fmt)  # (B, 3, S, S)
-        loss, right = train_step(model, x, labels[idx].to(device), optimizer, args, device)
+        loss, right = train_step(model, x, labels[idx].to(device), optimizer, criterion, device,
+                                 args.amp)
         scheduler.step()
         loss_sum += loss * len(idx)
         correct += right
@@ -366,7 +374,8 @@ def run_setting(args, banks=None):
             unfreeze(model, steps, epoch)
             t0 = time.perf_counter()
             stats = train_one_epoch(step_model, optimizer, scheduler,
-                                    (train_bank, train_y, augment), args, device, epoch, stop)
+                                    (train_bank, train_y, augment, make_criterion(args)), args,
+                                    device, epoch, stop)
             seconds = time.perf_counter() - t0
             record = {"epoch": epoch, "train_loss": stats["train_loss"],
                       "train_acc": stats["train_acc"],

@@ -37,7 +37,8 @@ def samples_dir():
 # so a module's shared fixtures run once) and longest first (SLOW_FIRST), so that the last file
 # to start is a short one.
 SLOW_FIRST = ("test_reproduce.py", "test_bench.py", "test_grader.py", "test_interrupt.py",
-              "test_ddp.py", "test_p1.py", "test_reliability.py", "test_p2.py")
+              "test_ddp.py", "test_p1.py", "test_reliability.py", "test_p2.py",
+              "test_recipe_effects.py")
 
 
 def pytest_xdist_auto_num_workers(config):

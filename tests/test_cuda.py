@@ -16,9 +16,10 @@ import pytest
 import torch
 from sam_fixtures import tiny_sam
 from test_ddp import byol_under_torchrun
-from test_p2 import SAMPLE_IDS, shrink_pairs
+from test_p2 import SAMPLE_IDS, assert_masks_are_the_oracles, oracle_masks, shrink_pairs
 
 import bench
+import data
 import p1_common
 import p1_finetune
 import p1_pretrain_byol
@@ -109,12 +110,13 @@ def test_finetune_and_segmentation_steps_never_sync(tmp_path, samples_dir):
     optimizer = p1_finetune.build_optimizer(model, args)
     scheduler = training.make_lr_scheduler(optimizer, args.schedule, 100)
     augment, fmt = p1_finetune.build_augment(args), utils.memory_format(DEVICE)
+    criterion = p1_finetune.make_criterion(args)
     bank = torch.randint(0, 256, (16, 3, 80, 80), dtype=torch.uint8, device=DEVICE)
     labels = torch.arange(16, device=DEVICE) % 5
 
     def finetune_step():
         x = augment(bank).contiguous(memory_format=fmt)
-        loss = p1_finetune.train_step(model, x, labels, optimizer, args, DEVICE)[0]
+        loss = p1_finetune.train_step(model, x, labels, optimizer, criterion, DEVICE)[0]
         scheduler.step()
         return loss
 
@@ -159,24 +161,28 @@ def test_gpu_checkpoint_gives_the_cpu_masks(tmp_path, samples_dir):
     checkpoint on the CPU (fp32) and on the GPU, in fp32 and in bf16: the masks agree on nearly
     every pixel. The briefly trained model's logits are small (top-2 gap ~0.007 on CPU), so
     bf16's rounding flips more of its near-ties than TF32's."""
-    data = tmp_path / "p2"
+    p2_dir = tmp_path / "p2"
     for split in ("train", "validation"):
-        shrink_pairs(samples_dir, data / split, 128)
+        shrink_pairs(samples_dir, p2_dir / split, 128)
     run = tmp_path / "run"
     p2_train_deeplabv3.main(p2_train_deeplabv3.get_args_parser().parse_args(
-        ["--data-dir", str(data), "--output-dir", str(run), "--epochs", "3", "--batch-size",
+        ["--data-dir", str(p2_dir), "--output-dir", str(run), "--epochs", "3", "--batch-size",
          "4", "--image-size", "128", "--no-pretrained", "--device", DEVICE.type,
          "--snapshot-ids", "0097", "--workers", "2"]))
     masks = {}
     for device, amp in (("cpu", "--no-amp"), (DEVICE.type, "--no-amp"), (DEVICE.type, "--amp")):
         out = tmp_path / f"pred_{device}{amp}"
         p2_inference.main(p2_inference.get_args_parser().parse_args(
-            ["--input-dir", str(data / "validation"), "--output-dir", str(out), "--checkpoint",
+            ["--input-dir", str(p2_dir / "validation"), "--output-dir", str(out), "--checkpoint",
              str(run / "best.pth"), "--device", device, "--workers", "2", amp]))
         masks[device, amp] = np.stack([data.read_mask(out / f"{i}_mask.png")
                                        for i in SAMPLE_IDS])
     cpu = masks["cpu", "--no-amp"]
     assert cpu.shape == (4, 128, 128)
+    # the CPU's masks are the checkpoint's predictions computed in test_p2's own way (fp32)
+    paths = [p2_dir / "validation" / f"{i}_sat.jpg" for i in SAMPLE_IDS]
+    assert_masks_are_the_oracles(tmp_path / "pred_cpu--no-amp", paths,
+                                 oracle_masks(run / "best.pth", paths), tie=1e-5, max_ties=0.01)
     fp32 = float((masks[DEVICE.type, "--no-amp"] == cpu).mean())
     bf16 = float((masks[DEVICE.type, "--amp"] == cpu).mean())
     assert fp32 > 0.98 and bf16 > 0.95, (fp32, bf16)  # "fp32" on the GPU is TF32

@@ -145,6 +145,7 @@ def run(cmd, python_dir, **env):
     `python3`), as the grader does."""
     e = {**os.environ, "PATH": f"{python_dir}{os.pathsep}{os.environ['PATH']}",
          "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+         "CUDA_VISIBLE_DEVICES": "",  # compared with the CPU run below, on a GPU machine too
          **{k: str(v) for k, v in env.items()}}
     e.pop("PYTHONPATH", None)
     proc = subprocess.run([str(c) for c in cmd], cwd=REPO, env=e, capture_output=True,
@@ -212,7 +213,7 @@ def test_hw1_scripts_run_on_the_graders_python_with_checkpoints_trained_here(
     # the same command line in this environment, in this process (hw1_1.sh itself runs here in
     # test_p1.py and test_reliability.py)
     p1_inference.main(parse(p1_inference, "--csv", csv_in, "--image-dir", images, "--output",
-                            out["here"], "--checkpoint", trained["p1"]))
+                            out["here"], "--checkpoint", trained["p1"], "--device", "cpu"))
     text = out["grader"].read_text()
     assert text.splitlines()[0] == "filename,label"  # the slides: no space after the comma
     got = read_csv(out["grader"])[1:]
@@ -230,7 +231,7 @@ def test_hw1_scripts_run_on_the_graders_python_with_checkpoints_trained_here(
     masks = {"grader": tmp_path / "p2_grader", "here": tmp_path / "p2_here"}
     run(["bash", "hw1_2.sh", sats, masks["grader"]], grader, **env)
     p2_inference.main(parse(p2_inference, "--input-dir", sats, "--output-dir", masks["here"],
-                            "--checkpoint", trained["p2"]))
+                            "--checkpoint", trained["p2"], "--device", "cpu"))
     palette = {(0, 255, 255), (255, 255, 0), (255, 0, 255), (0, 255, 0), (0, 0, 255),
                (255, 255, 255), (0, 0, 0)}
     ids = sorted(sizes)

@@ -51,7 +51,7 @@ def seg_command(data, out, *extra):
     return [sys.executable, str(REPO / "p2_train_deeplabv3.py"), "--data-dir", str(data),
             "--output-dir", str(out), "--arch", "mobilenet_v3_large", "--no-pretrained",
             "--epochs", str(EPOCHS), "--batch-size", "2", "--image-size", "32",
-            "--workers", "1", "--snapshot-ids", "00008", *extra]
+            "--workers", "1", "--snapshot-ids", "00008", "--device", "cpu", *extra]
 
 
 def start_and_kill(command, out, sig):
@@ -134,7 +134,8 @@ def p1_data(tmp_path_factory):
 def test_sigint_mid_epoch_of_finetuning_then_resume(monkeypatch, p1_data, tmp_path):
     argv = ["--setting", "A", "--data-dir", p1_data / "office", "--output-dir", tmp_path,
             "--results-dir", tmp_path / "results", "--epochs", 3, "--batch-size", 8,
-            "--image-size", 32, "--bank-size", 40, "--num-classes", 2, "--warmup-epochs", 0]
+            "--image-size", 32, "--bank-size", 40, "--num-classes", 2, "--warmup-epochs", 0,
+            "--device", "cpu"]
     handler = signal.getsignal(signal.SIGINT)
     with monkeypatch.context() as m:  # 2 steps per epoch: the 3rd step is epoch 2's first
         signal_at_step(m, p1_finetune, "train_step", signal.SIGINT, at=3)
@@ -151,7 +152,8 @@ def test_sigint_mid_epoch_of_finetuning_then_resume(monkeypatch, p1_data, tmp_pa
 
 def test_sigterm_mid_epoch_of_byol_then_resume(monkeypatch, p1_data, tmp_path):
     argv = ["--data-dir", p1_data / "mini" / "train", "--output-dir", tmp_path, "--epochs", 2,
-            "--batch-size", 8, "--image-size", 32, "--projection-hidden-size", 64]
+            "--batch-size", 8, "--image-size", 32, "--projection-hidden-size", 64,
+            "--device", "cpu"]
     with monkeypatch.context() as m:  # 2 steps per epoch: the 3rd step is epoch 2's first
         signal_at_step(m, p1_pretrain_byol, "train_step", signal.SIGTERM, at=3)
         with pytest.raises(SystemExit) as stopped:

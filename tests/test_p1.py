@@ -98,6 +98,7 @@ def sl_backbone(tmp_path_factory):
 def byol_run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("byol")
     common = ["--data-dir", data, "--output-dir", out, "--batch-size", 8, "--image-size", 32,
+              "--device", "cpu",
               "--projection-hidden-size", 256, "--knn-every", 2, "--knn-data", data / "office"]
     p1_pretrain_byol.main(parse(p1_pretrain_byol, *common, "--epochs", 2))
     p1_pretrain_byol.main(parse(p1_pretrain_byol, *common, "--epochs", 3, "--resume"))
@@ -111,7 +112,7 @@ def finetune_all(data, byol_run, sl_backbone, tmp_path_factory):
     common = ["--data-dir", data / "office", "--backbone", byol_run / "backbone.pth",
               "--sl-backbone", sl_backbone, "--output-dir", out, "--results-dir", results,
               "--batch-size", 8, "--image-size", 32, "--bank-size", 40, "--num-classes", 4,
-              "--max-images", 8, "--warmup-epochs", 0, "--unfreeze", "1:all"]
+              "--max-images", 8, "--warmup-epochs", 0, "--unfreeze", "1:all", "--device", "cpu"]
     loads = []
     with pytest.MonkeyPatch.context() as mp:  # count the decodes of the five settings
         load = p1_common.load_office
@@ -129,7 +130,7 @@ def test_holdout_images_pick_the_best_epoch(data, tmp_path):
     p1_pretrain_byol.main(parse(p1_pretrain_byol, "--data-dir", data, "--output-dir", out,
                                 "--epochs", 3, "--batch-size", 4, "--image-size", 32,
                                 "--projection-hidden-size", 64, "--holdout", 0.25, "--aug",
-                                "report", "--lr", 1e-2))
+                                "report", "--lr", 1e-2, "--device", "cpu"))
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     held = [r["holdout_loss"] for r in log]
     assert len(held) == 3 and all(math.isfinite(v) for v in held)
@@ -202,7 +203,8 @@ def test_backbone_is_a_strict_resnet50_state_dict_of_the_best_epoch(byol_run):
 def test_byol_refuses_a_used_output_dir(data, byol_run):
     with pytest.raises(errors.UserError, match="--resume"):
         p1_pretrain_byol.main(parse(p1_pretrain_byol, "--data-dir", data, "--output-dir",
-                                    byol_run, "--epochs", 1, "--batch-size", 8))
+                                    byol_run, "--epochs", 1, "--batch-size", 8, "--device",
+                                    "cpu"))
 
 
 # ------------------------------------------------------------------------------ fine-tuning
@@ -336,7 +338,8 @@ def test_byol_knn_probe_and_a_head_on_the_frozen_backbone(data, byol_run, tmp_pa
                  byol_run / "backbone.pth", "--output-dir", tmp_path / "runs", "--results-dir",
                  tmp_path, "--epochs", 3, "--batch-size", 8, "--image-size", 32,
                  "--bank-size", 40, "--num-classes", 4, "--warmup-epochs", 0, "--lr", 3e-3,
-                 "--freeze-bn", "--aug", "light")  # a linear probe's frozen statistics
+                 "--freeze-bn", "--aug", "light",  # a linear probe's frozen statistics
+                 "--device", "cpu")
     row = p1_finetune.main(args)["E"]
     assert row["best_val_acc"] >= max(0.6, baseline + 0.3), (row, baseline)
     shutil.rmtree(tmp_path / "runs")
@@ -346,10 +349,12 @@ def test_finetune_names_the_missing_backbone(data, sl_backbone, tmp_path):
     # checked for all five settings before any training starts
     with pytest.raises(errors.UserError, match="pass --backbone"):
         p1_finetune.main(parse(p1_finetune, "--setting", "all", "--data-dir", data,
-                               "--sl-backbone", sl_backbone, "--output-dir", tmp_path))
+                               "--sl-backbone", sl_backbone, "--output-dir", tmp_path,
+                               "--device", "cpu"))
     with pytest.raises(errors.UserError, match="x.pt does not exist"):
         p1_finetune.main(parse(p1_finetune, "--setting", "B", "--data-dir", data,
-                               "--sl-backbone", tmp_path / "x.pt", "--output-dir", tmp_path))
+                               "--sl-backbone", tmp_path / "x.pt", "--output-dir", tmp_path,
+                               "--device", "cpu"))
     assert not (tmp_path / "A").exists()
 
 
@@ -358,7 +363,8 @@ def test_tsne_writes_two_panels(finetune_all, data, tmp_path):
     run = finetune_all.out / "C"
     out = tmp_path / "tsne.png"
     fig = p1_tsne.main(parse(p1_tsne, "--first", run / "epoch_001.pth", "--last",
-                             run / "last.pth", "--data-dir", data / "office", "--output", out))
+                             run / "last.pth", "--data-dir", data / "office", "--output", out,
+                             "--device", "cpu"))
     panels = [ax for ax in fig.axes if ax.collections and ax.get_title().startswith("setting C")]
     assert len(panels) == 2
     assert "epoch 1" in panels[0].get_title() and "epoch 2" in panels[1].get_title()
@@ -367,11 +373,12 @@ def test_tsne_writes_two_panels(finetune_all, data, tmp_path):
 
 
 # ------------------------------------------------------------------------------ inference
-def make_test_set(data, folder, broken=False):
-    """Val images renamed 0000.jpg.. (no label in the name), ids from 100, label None."""
+def make_test_set(data, folder, broken=False, count=6):
+    """`count` val images renamed 0000.jpg.. (no label in the name), ids from 100, label
+    None."""
     folder.mkdir()
     rows = []
-    for i, src in enumerate(sorted((data / "office" / "val").iterdir())[:6]):
+    for i, src in enumerate(sorted((data / "office" / "val").iterdir())[:count]):
         (folder / f"{i:04d}.jpg").write_bytes(src.read_bytes())
         rows.append((100 + i, f"{i:04d}.jpg", "None"))
     if broken:
@@ -386,10 +393,62 @@ def read_rows(path):
         return list(csv.reader(f))
 
 
-def test_hw1_1_sh_writes_one_row_per_input(finetune_all, data, tmp_path):
-    csv_path, rows = make_test_set(data, tmp_path / "images")
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)  # ImageNet's, as torchvision's
+STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+def preprocess(path, bank_size, image_size):
+    """The evaluation view, written out: RGB, squashed to bank_size (PIL bicubic), then to
+    image_size (antialiased bilinear) when they differ, ImageNet normalisation -> (3, S, S)."""
+    image = Image.open(path).convert("RGB").resize((bank_size, bank_size), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
+    if image_size != bank_size:
+        x = torch.nn.functional.interpolate(x[None], size=image_size, mode="bilinear",
+                                            antialias=True)[0]
+    return (x - MEAN) / STD
+
+
+def oracle_labels(checkpoint, paths):
+    """What a checkpoint predicts for each image, computed here: the classifier rebuilt from
+    the file's weights, each image preprocessed by `preprocess`, argmax of the logits."""
+    ckpt = torch.load(checkpoint, weights_only=False, map_location="cpu")
+    a = ckpt["args"]
+    model = p1_common.Classifier(a["num_classes"])
+    model.load_state_dict(ckpt["model"])
+    with torch.no_grad():
+        x = torch.stack([preprocess(p, a["bank_size"], a["image_size"]) for p in paths])
+        return model.eval()(x).argmax(1).tolist()
+
+
+@pytest.fixture(scope="module")
+def varied_checkpoint(data, tmp_path_factory):
+    """A setting-C classifier checkpoint whose predictions differ from image to image: seeded
+    random weights whose head BatchNorm statistics are those of the training images (a random
+    ResNet's features barely vary, so with the initial statistics one class wins everywhere)."""
+    torch.manual_seed(0)
+    model = p1_common.Classifier(4).eval()
+    train = sorted((data / "office" / "train").iterdir())[:32]
+    with torch.no_grad():
+        x = torch.stack([preprocess(p, 40, 32) for p in train])
+        for bn, before in ((model.fc[1], 1), (model.fc[5], 5)):
+            h = model.fc[:before](model.embed(x))  # what the BatchNorm layer sees
+            bn.running_mean.copy_(h.mean(0))
+            bn.running_var.copy_(h.var(0))
+    path = tmp_path_factory.mktemp("varied") / "best.pth"
+    utils.save_checkpoint(path, model, kind="p1_classifier", epoch=1, args={
+        "setting": "C", "num_classes": 4, "bank_size": 40, "image_size": 32})
+    return path
+
+
+def test_hw1_1_sh_writes_each_rows_own_prediction(varied_checkpoint, data, tmp_path):
+    """Each output row holds the prediction for that row's image (oracle_labels), rows in the
+    input's order, which here is not the sorted one; images of several sizes."""
+    csv_path, rows = make_test_set(data, tmp_path / "images", count=12)
+    order = [7, 2, 11, 0, 5, 9, 1, 10, 3, 8, 6, 4]
+    rows = [rows[i] for i in order]
+    write_csv(csv_path, rows)
     out = tmp_path / "new_dir" / "pred.csv"
-    env = {**os.environ, "HW1_P1_CHECKPOINT": str(finetune_all.out / "C" / "best.pth"),
+    env = {**os.environ, "HW1_P1_CHECKPOINT": str(varied_checkpoint), "CUDA_VISIBLE_DEVICES": "",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.run(["bash", "hw1_1.sh", str(csv_path), str(tmp_path / "images"),
                            str(out)], cwd=REPO, env=env, capture_output=True, text=True,
@@ -398,7 +457,9 @@ def test_hw1_1_sh_writes_one_row_per_input(finetune_all, data, tmp_path):
     got = read_rows(out)
     assert out.read_text().splitlines()[0] == "filename,label"  # the course's header, no space
     assert [r[0] for r in got[1:]] == [name for _, name, _ in rows]
-    assert all(r[1].isdigit() and 0 <= int(r[1]) < 4 for r in got[1:])
+    want = oracle_labels(varied_checkpoint, [tmp_path / "images" / n for _, n, _ in rows])
+    assert len(set(want)) >= 3 and want != want[::-1], want  # the rows tell each other apart
+    assert [int(r[1]) for r in got[1:]] == want
 
 
 def test_hw1_1_sh_is_one_plain_line():
@@ -412,7 +473,8 @@ def test_inference_skips_unreadable_images_and_fails(finetune_all, data, tmp_pat
     csv_path, rows = make_test_set(data, tmp_path / "images", broken=True)
     out = tmp_path / "pred.csv"
     args = parse(p1_inference, "--csv", csv_path, "--image-dir", tmp_path / "images",
-                 "--output", out, "--checkpoint", finetune_all.out / "C" / "best.pth")
+                 "--output", out, "--checkpoint", finetune_all.out / "C" / "best.pth",
+                 "--device", "cpu")
     with pytest.raises(errors.UserError, match="2 of 8"):
         p1_inference.main(args)
     got = read_rows(out)
@@ -422,6 +484,67 @@ def test_inference_skips_unreadable_images_and_fails(finetune_all, data, tmp_pat
 def test_inference_rejects_a_byol_checkpoint(byol_run, data, tmp_path):
     csv_path, _ = make_test_set(data, tmp_path / "images")
     args = parse(p1_inference, "--csv", csv_path, "--image-dir", tmp_path / "images",
-                 "--output", tmp_path / "pred.csv", "--checkpoint", byol_run / "best.pth")
+                 "--output", tmp_path / "pred.csv", "--checkpoint", byol_run / "best.pth",
+                 "--device", "cpu")
     with pytest.raises(errors.UserError, match="not a Problem 1 classifier of p1_finetune.py"):
         p1_inference.main(args)
+
+
+def test_logged_best_accuracy_is_the_accuracy_of_hw1_1s_csv(finetune_all, data, tmp_path):
+    """p1_inference.py on the validation images the run scored (its --max-images subset),
+    with its best.pth: the csv's accuracy, counted here against the labels in the file names,
+    is the best val acc of the run's log and of the results table."""
+    run = finetune_all.out / "C"
+    ckpt = utils.load_checkpoint(run / "best.pth")
+    margs = ckpt["args"]
+    bank, _ = p1_common.load_office(margs["data_dir"], "val", margs["bank_size"], "cpu",
+                                    max_images=margs["max_images"], seed=margs["seed"])
+    names = [Path(p).name for p in bank.paths]
+    write_csv(tmp_path / "val.csv", [(i, n, n.split("_")[0]) for i, n in enumerate(names)])
+    p1_inference.main(parse(p1_inference, "--csv", tmp_path / "val.csv", "--image-dir",
+                            data / "office" / "val", "--output", tmp_path / "pred.csv",
+                            "--checkpoint", run / "best.pth", "--device", "cpu"))
+    got = read_rows(tmp_path / "pred.csv")[1:]
+    assert [r[0] for r in got] == names and len(names) == 8
+    accuracy = sum(int(label) == int(name.split("_")[0]) for name, label in got) / len(got)
+    log = records.read_jsonl(run / "log.jsonl")
+    assert accuracy == max(r["val_acc"] for r in log) == finetune_all.table["C"]["best_val_acc"]
+    assert ckpt["epoch"] == finetune_all.table["C"]["best_epoch"]
+
+
+class Recorder(torch.nn.Module):
+    """Runs a model and keeps every input it was given."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.inputs = model, []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.model(x)
+
+
+def test_validation_and_inference_feed_the_model_the_same_tensor(varied_checkpoint, data,
+                                                                 tmp_path, monkeypatch):
+    """One preprocessing: for the same images, p1_finetune's validation and p1_inference.py
+    (hw1_1.sh) give the network identical tensors, and they equal `preprocess`'s."""
+    model, margs, epoch = p1_common.load_classifier(varied_checkpoint, "cpu")
+    office = data / "office"
+    bank, labels = p1_common.load_office(office, "val", margs["bank_size"], "cpu")
+    seen_in_validation = Recorder(model)
+    args = SimpleNamespace(image_size=margs["image_size"], eval_batch_size=5, amp=True)
+    p1_finetune.evaluate(seen_in_validation, bank, labels, args, torch.device("cpu"))
+
+    seen_in_inference = Recorder(model)
+    monkeypatch.setattr(p1_inference, "load_classifier",
+                        lambda path, device: (seen_in_inference, margs, epoch))
+    p1_inference.main(parse(p1_inference, "--csv", office / "val.csv", "--image-dir",
+                            office / "val", "--output", tmp_path / "pred.csv", "--checkpoint",
+                            varied_checkpoint, "--device", "cpu", "--batch-size", 3))
+    validation = torch.cat(seen_in_validation.inputs)
+    inference = torch.cat(seen_in_inference.inputs)
+    assert validation.shape == inference.shape == (16, 3, 32, 32)
+    assert torch.equal(validation, inference)
+    expected = torch.stack([preprocess(p, margs["bank_size"], margs["image_size"])
+                            for p in bank.paths])
+    torch.testing.assert_close(inference, expected, atol=1e-5, rtol=0)

@@ -21,18 +21,20 @@ from PIL import Image
 import augment
 import p2_common
 import p2_engine
+import p2_evaluate
 import p2_inference
 import p2_train_deeplabv3
 from data import PALETTE
 from errors import UserError
 from records import read_jsonl
 from training import lr_multiplier
-from utils import load_checkpoint
+from utils import load_checkpoint, save_checkpoint
 
 SAMPLE_IDS = ("0008", "0097", "0107", "0128")
 VAL_IDS = ("0013", "0062", "0104", "0107")  # the samples renamed so the snapshot ids exist
 SMALL = ["--arch", "mobilenet_v3_large", "--no-pretrained", "--batch-size", "2",
-         "--image-size", "32", "--eval-batch-size", "4", "--workers", "2", "--seed", "0"]
+         "--image-size", "32", "--eval-batch-size", "4", "--workers", "2", "--seed", "0",
+         "--device", "cpu"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -303,7 +305,7 @@ def test_inference_writes_one_palette_mask_per_image_and_scores(run, samples_dir
     (inp / "0666_sat.jpg").write_bytes(b"not a jpeg")  # must not stop the others
 
     argv = ["--input-dir", str(inp), "--output-dir", str(pred), "--checkpoint", str(checkpoint),
-            "--batch-size", "2", "--workers", "2"]
+            "--batch-size", "2", "--workers", "2", "--device", "cpu"]
     with pytest.raises(UserError, match="1 of 6 image.*0666_sat.jpg"):
         p2_inference.main(p2_inference.get_args_parser().parse_args(argv))
     names = sorted(p.name for p in pred.iterdir())
@@ -382,6 +384,7 @@ def test_hw1_2_sh_is_one_python3_line_and_writes_masks(run, samples_dir, tmp_pat
     shrink(samples_dir / "0107_sat.jpg", inp / "0107_sat.jpg", (96, 96))
     shrink(samples_dir / "0128_sat.jpg", inp / "0128_sat.jpg", (100, 75))
     env = dict(os.environ, HW1_P2_CHECKPOINT=str(run[0] / "best.pth"), OMP_NUM_THREADS="1",
+               CUDA_VISIBLE_DEVICES="",  # the grading script picks the GPU when there is one
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     done = subprocess.run(["bash", "hw1_2.sh", str(inp), str(out)], cwd=repo_root, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -410,3 +413,151 @@ def test_max_images_limits_both_splits_unless_one_is_given(monkeypatch, tmp_path
         with pytest.raises(RuntimeError, match="stop after the data"):
             p2_engine.train(args)
         assert asked == want
+
+
+# ------------------------------------------------------------------------ prediction oracles
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # ImageNet's, as torchvision's
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+ODD_SIZES = {"0008": (100, 75), "0097": (64, 64), "0107": (100, 75), "0128": (90, 60)}  # (W, H)
+
+
+def read_normalised(path):
+    """An image file -> (1, 3, H, W): RGB, 0..1, ImageNet normalisation (written out here)."""
+    rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
+    return (torch.from_numpy(rgb).permute(2, 0, 1)[None] - MEAN) / STD
+
+
+def oracle_masks(checkpoint, paths, tta=False):
+    """What a checkpoint predicts for each image, computed here image by image: the network its
+    args name with the file's weights, the image read by read_normalised, the argmax of the
+    logits (with `tta`, of the summed softmax of the image and its horizontal and vertical
+    flips, each flipped back). -> [(class map (H, W), gap between the two best scores)]."""
+    ckpt = torch.load(checkpoint, weights_only=False, map_location="cpu")
+    model = p2_common.build_model(ckpt["args"], load_pretrained=False)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for path in paths:
+            x = read_normalised(path)
+            if tta:
+                score = sum(model(x.flip(d) if d else x)["out"].flip(d if d else ()).softmax(1)
+                            for d in (None, (3,), (2,)))
+            else:
+                score = model(x)["out"]
+            top2 = score[0].topk(2, dim=0).values
+            out.append((score[0].argmax(0).numpy(), (top2[0] - top2[1]).numpy()))
+    return out
+
+
+def assert_masks_are_the_oracles(folder, paths, oracle, tie=1e-4, max_ties=1e-3):
+    """Each written mask is the oracle's prediction in the palette, pixel for pixel, except
+    where the oracle's two best scores are within `tie` (no order of float operations can
+    decide those; they must stay rare: at most a `max_ties` share of the pixels)."""
+    ties = total = 0
+    for path, (want, gap) in zip(paths, oracle):
+        got = np.asarray(Image.open(folder / path.name.replace("_sat.jpg", "_mask.png")))
+        assert got.shape == (*want.shape, 3)
+        decided = gap >= tie
+        assert np.array_equal(got[decided], PALETTE[want][decided]), path.name
+        ties += int((~decided).sum())
+        total += decided.size
+    assert ties <= total * max_ties, (ties, total)
+
+
+@pytest.fixture(scope="module")
+def varied_checkpoint(tmp_path_factory, samples_dir):
+    """A DeepLabV3-MobileNetV3 checkpoint whose masks hold several classes: seeded random
+    weights whose BatchNorm statistics are those of the real samples (with the initial ones a
+    random network paints one class everywhere), the last layer scaled so that ties are rare."""
+    torch.manual_seed(0)
+    args = {"model_name": "deeplabv3", "arch": "mobilenet_v3_large", "pretrained": False}
+    model = p2_common.build_model(args, load_pretrained=False)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the calibration batch
+    x = torch.cat([read_normalised(samples_dir / f"{i}_sat.jpg") for i in SAMPLE_IDS])
+    with torch.no_grad():
+        model.train()(F.interpolate(x, size=128, mode="bilinear"))
+        model.classifier[-1].weight.mul_(100)
+        model.classifier[-1].bias.mul_(100)
+    path = tmp_path_factory.mktemp("varied") / "best.pth"
+    save_checkpoint(path, model, kind="p2_segmenter", epoch=1, args=args)
+    return path
+
+
+@pytest.fixture(scope="module")
+def odd_images(tmp_path_factory, samples_dir):
+    """The four samples at sizes that are not square and not all alike (two share one)."""
+    folder = tmp_path_factory.mktemp("odd")
+    for i, size in ODD_SIZES.items():
+        shrink(samples_dir / f"{i}_sat.jpg", folder / f"{i}_sat.jpg", size)
+    return folder, sorted(folder.glob("*_sat.jpg"))
+
+
+@pytest.mark.parametrize("options", [[], ["--batch-size", "1", "--workers", "1"],
+                                     ["--batch-size", "3"], ["--tta"], ["--no-amp"]],
+                         ids=["default", "batch-1", "batch-3", "tta", "no-amp"])
+def test_written_masks_are_the_checkpoints_predictions(varied_checkpoint, odd_images, tmp_path,
+                                                        options):
+    folder, paths = odd_images
+    out = tmp_path / "pred"
+    p2_inference.main(p2_inference.get_args_parser().parse_args(
+        ["--input-dir", str(folder), "--output-dir", str(out), "--checkpoint",
+         str(varied_checkpoint), "--device", "cpu", *options]))
+    oracle = oracle_masks(varied_checkpoint, paths, tta="--tta" in options)
+    classes = set().union(*(np.unique(want).tolist() for want, _ in oracle))
+    assert len(classes) >= 3, classes  # a prediction that depends on the input
+    assert_masks_are_the_oracles(out, paths, oracle)
+
+
+def test_logged_best_miou_is_the_score_of_hw1_2s_masks(run, tiny_data, tmp_path):
+    """p2_inference.py with a run's best.pth on the validation images the run scored, then
+    p2_evaluate.py on those masks: the run's logged best val mIoU."""
+    out, _, _ = run
+    ckpt = load_checkpoint(out / "best.pth")
+    log = read_jsonl(out / "log.jsonl")
+    best = max(log, key=lambda r: r["val_miou"])
+    assert ckpt["epoch"] == best["epoch"]
+    pred = tmp_path / "pred"
+    p2_inference.main(p2_inference.get_args_parser().parse_args(
+        ["--input-dir", str(tiny_data / "validation"), "--output-dir", str(pred),
+         "--checkpoint", str(out / "best.pth"), "--device", "cpu", "--workers", "2"]))
+    score = p2_evaluate.main(p2_evaluate.get_args_parser().parse_args(
+        ["-g", str(tiny_data / "validation"), "-p", str(pred)]))
+    assert score == pytest.approx(best["val_miou"], abs=1e-6)
+    assert ckpt["best_metric"] == pytest.approx(score, abs=1e-6)  # the log keeps 6 decimals
+
+
+class Recorder(torch.nn.Module):
+    """Runs a model and keeps every input it was given."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.inputs = model, []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.model(x)
+
+
+def test_validation_and_inference_feed_the_model_the_same_tensor(varied_checkpoint, tiny_data,
+                                                                 tmp_path, monkeypatch):
+    """One preprocessing: for the same images, p2_engine's validation and p2_inference.py
+    (hw1_2.sh) give the network identical tensors, equal to read_normalised's."""
+    model = p2_common.load_segmenter(varied_checkpoint, torch.device("cpu"))
+    folder = tiny_data / "validation"
+    _, images, masks = p2_engine.load_split(folder)
+    in_validation = Recorder(model)
+    p2_engine.evaluate(in_validation, images, masks, 3, torch.device("cpu"))
+    in_inference = Recorder(model)
+    monkeypatch.setattr(p2_inference, "load_segmenter", lambda path, device: in_inference)
+    p2_inference.main(p2_inference.get_args_parser().parse_args(
+        ["--input-dir", str(folder), "--output-dir", str(tmp_path / "pred"), "--checkpoint",
+         str(varied_checkpoint), "--device", "cpu", "--batch-size", "2", "--workers", "2"]))
+    validation, inference = torch.cat(in_validation.inputs), torch.cat(in_inference.inputs)
+    assert validation.shape == inference.shape == (4, 3, 64, 64)
+    assert torch.equal(validation, inference)
+    expected = torch.cat([read_normalised(p) for p in sorted(folder.glob("*_sat.jpg"))])
+    torch.testing.assert_close(inference, expected, atol=1e-5, rtol=0)

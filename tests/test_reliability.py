@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_IDS = ("0008", "0097", "0107", "0128")
 TINY_P2 = ["--arch", "mobilenet_v3_large", "--no-pretrained", "--batch-size", "2",
            "--image-size", "32", "--eval-batch-size", "4", "--workers", "1", "--epochs", "1",
-           "--snapshot-ids"]  # no snapshot figure
+           "--device", "cpu", "--snapshot-ids"]  # no snapshot figure
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -70,7 +70,8 @@ def env(**extra):
     `python3`), one OpenMP thread, and no HW1_DEBUG unless asked for."""
     e = {k: v for k, v in os.environ.items() if k != errors.DEBUG_ENV}
     e.update(PATH=os.path.dirname(sys.executable) + os.pathsep + e.get("PATH", ""),
-             OMP_NUM_THREADS="1", **{k: str(v) for k, v in extra.items()})
+             OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",  # the CPU, on a GPU machine too
+             **{k: str(v) for k, v in extra.items()})
     return e
 
 
@@ -471,7 +472,8 @@ def test_inference_cli_mistakes_in_process(ckpts, tmp_path):
 
     def p1(**kw):
         argv = {"--csv": tmp_path / "t.csv", "--image-dir": images,
-                "--output": tmp_path / "o" / "pred.csv", "--checkpoint": ckpts / "p1_C.pth"}
+                "--output": tmp_path / "o" / "pred.csv", "--checkpoint": ckpts / "p1_C.pth",
+                "--device": "cpu"}
         argv.update({f"--{k.replace('_', '-')}": v for k, v in kw.items()})
         args = p1_inference.get_args_parser().parse_args(
             [str(x) for kv in argv.items() for x in kv])
@@ -487,7 +489,8 @@ def test_inference_cli_mistakes_in_process(ckpts, tmp_path):
 
     def p2(inp, out=tmp_path / "p2out", ckpt=ckpts / "p2.pth"):
         args = p2_inference.get_args_parser().parse_args(
-            ["--input-dir", str(inp), "--output-dir", str(out), "--checkpoint", str(ckpt)])
+            ["--input-dir", str(inp), "--output-dir", str(out), "--checkpoint", str(ckpt),
+             "--device", "cpu"])
         with pytest.raises(UserError) as e:
             p2_inference.main(args)
         return e
@@ -505,7 +508,7 @@ def test_setting_d_checkpoint_works_with_a_note(ckpts, tmp_path, capsys):
     (tmp_path / "t.csv").write_text("id,filename,label\n0,cmyk.jpg,None\n1,gray16.png,None\n")
     args = p1_inference.get_args_parser().parse_args(
         ["--csv", str(tmp_path / "t.csv"), "--image-dir", str(images), "--output",
-         str(tmp_path / "pred.csv"), "--checkpoint", str(ckpts / "p1_D.pth")])
+         str(tmp_path / "pred.csv"), "--checkpoint", str(ckpts / "p1_D.pth"), "--device", "cpu"])
     p1_inference.main(args)
     assert "is a setting D checkpoint" in capsys.readouterr().err
     assert len((tmp_path / "pred.csv").read_text().splitlines()) == 3
@@ -539,7 +542,7 @@ def test_training_scripts_refuse_a_used_folder_before_any_work(tmp_path):
                               "--overwrite")
     with pytest.raises(UserError, match="already holds a run"):
         p1_pretrain_byol.main(p1_pretrain_byol.get_args_parser().parse_args(
-            ["--data-dir", str(tmp_path / "none"), "--output-dir", str(run)]))
+            ["--data-dir", str(tmp_path / "none"), "--output-dir", str(run), "--device", "cpu"]))
     assert (run / "log.jsonl").read_text() == '{"epoch": 1}\n'
     assert sorted(os.listdir(run)) == ["A", "log.jsonl"]  # not even args.json was written
 

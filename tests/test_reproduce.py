@@ -211,7 +211,8 @@ def smoke_out(tmp_path):
 
 
 def reproduce(repo_root, out, timeout):
-    env = {**os.environ, "PYTHON": sys.executable, "MPLBACKEND": "Agg"}
+    env = {**os.environ, "PYTHON": sys.executable, "MPLBACKEND": "Agg",
+           "CUDA_VISIBLE_DEVICES": ""}  # the demo's figures are the CPU's, on a GPU machine too
     t0 = time.time()
     # a SAM checkpoint that cannot exist, whatever checkpoints/ of this machine holds
     proc = subprocess.run(["bash", str(repo_root / "reproduce.sh"), "--demo", "--scale", "smoke",

@@ -1,0 +1,214 @@
+"""Every random transform of both problems draws per sample, and does what it says.
+
+Each test switches ONE transform on (everything else off, so nothing else can make two outputs
+differ), feeds a batch of 16 copies of one image, and checks the outputs against what that
+transform can produce, written out here: a flip is the image or its mirror, a brightness change
+is clamp(x * f) with one f per image, and so on. A draw made once per batch instead of once per
+sample makes all 16 outputs equal, which each test rules out. Problem 2's transforms also carry
+the mask: wherever the augmented image shows a class's colour exactly, the augmented mask holds
+that class.
+"""
+
+import pytest
+import torch
+
+import augment
+from data import PALETTE, UNKNOWN
+
+B = 16
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def unnormalize(x):
+    return x * STD + MEAN
+
+
+def batch_of_one(size=32, seed=0):
+    """(B, 3, size, size) uint8: 16 copies of one textured, asymmetric image."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randint(20, 236, (1, 3, size, size), generator=g, dtype=torch.uint8)
+    image[:, :, : size // 3, : size // 4] = 250  # a bright corner: no symmetry
+    return image.expand(B, -1, -1, -1).contiguous()
+
+
+def distinct(outputs, atol=1e-4):
+    """How many different tensors are among outputs (B, ...)."""
+    kinds = []
+    for out in outputs:
+        if not any(torch.allclose(out, k, atol=atol) for k in kinds):
+            kinds.append(out)
+    return len(kinds)
+
+
+# ------------------------------------------------------------------------------ Problem 1
+OFF = dict(scale=(1.0, 1.0), ratio=(1.0, 1.0), p_flip=0.0, jitter=(0.0, 0.0, 0.0, 0.0),
+           p_jitter=0.0, p_gray=0.0, p_blur=0.0, p_solarize=0.0, degrees=0.0, translate=0.0)
+
+
+def classify(seed=0, **on):
+    aug = augment.ClassificationAugment(32, **{**OFF, **on},
+                                        generator=torch.Generator().manual_seed(seed))
+    x = batch_of_one()
+    return x.float() / 255, unnormalize(aug(x))  # input in 0..1, (B, 3, 32, 32) output in 0..1
+
+
+def test_everything_off_is_the_identity():
+    x, out = classify()
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("on", [dict(scale=(0.08, 1.0)), dict(degrees=30.0),
+                                dict(translate=0.1), dict(jitter=(0.0, 0.0, 0.0, 0.2),
+                                                          p_jitter=1.0),
+                                dict(p_blur=1.0, blur_sigma=(1.0, 2.0))],
+                         ids=["crop", "rotation", "shift", "hue", "blur"])
+def test_geometric_hue_and_blur_draws_differ_per_sample(on):
+    x, out = classify(**on)
+    assert distinct(out, atol=1e-6) == B  # each sample its own box / angle / shift / hue / sigma
+    assert not torch.allclose(out[0], x[0], atol=1e-3)
+
+
+def test_each_sample_flips_or_not():
+    x, out = classify(p_flip=0.5)
+    flipped = [torch.allclose(o, x[0].flip(-1), atol=1e-5) for o in out]
+    same = [torch.allclose(o, x[0], atol=1e-5) for o in out]
+    assert all(f or s for f, s in zip(flipped, same))
+    assert 0 < sum(flipped) < B
+
+
+@pytest.mark.parametrize("which", ["brightness", "contrast", "saturation"])
+def test_each_colour_factor_is_drawn_per_sample(which):
+    s = 0.2
+    jitter = {"brightness": (s, 0, 0, 0), "contrast": (0, s, 0, 0),
+              "saturation": (0, 0, s, 0)}[which]
+    x, out = classify(jitter=jitter, p_jitter=1.0)
+    gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]  # (B, 1, H, W)
+    # out = clamp(a + f * d): brightness a = 0, d = x; contrast a = mean gray (one number an
+    # image), d = x - a; saturation a = the pixel's gray, d = x - a
+    a = {"brightness": torch.zeros_like(x), "contrast": gray.mean((1, 2, 3), keepdim=True)
+         .expand_as(x), "saturation": gray.expand_as(x)}[which]
+    d = x - a
+    inside = (out > 1e-3) & (out < 1 - 1e-3) & (d.abs() > 0.05)  # unclamped, informative
+    factors = []
+    for i in range(B):
+        f = ((out[i] - a[i])[inside[i]] / d[i][inside[i]])
+        assert f.numel() > 100
+        assert f.max() - f.min() < 1e-3, (which, i)  # one factor for the whole image
+        factors.append(f.mean().item())
+        torch.testing.assert_close(out[i], (a[i] + factors[-1] * d[i]).clamp(0, 1), atol=2e-3,
+                                   rtol=0)
+    assert all(1 - s - 1e-3 <= f <= 1 + s + 1e-3 for f in factors), factors
+    assert len({round(f, 4) for f in factors}) == B, factors  # one draw per sample
+
+
+@pytest.mark.parametrize("on, changed", [
+    (dict(p_gray=0.5), lambda o, x: torch.allclose(o[0], o[1]) and torch.allclose(o[1], o[2])),
+    (dict(p_solarize=0.5), lambda o, x: torch.allclose(o, torch.where(x < 0.5, x, 1 - x),
+                                                       atol=1e-5)),
+    (dict(jitter=(0.2, 0, 0, 0), p_jitter=0.5), lambda o, x: not torch.allclose(o, x)),
+    (dict(p_blur=0.5), lambda o, x: not torch.allclose(o, x, atol=1e-3))],
+    ids=["grayscale", "solarize", "jitter coin", "blur coin"])
+def test_each_coin_is_tossed_per_sample(on, changed):
+    x, out = classify(**on)
+    applied = [changed(o, x[0]) for o in out]
+    kept = [torch.allclose(o, x[0], atol=1e-5) for o in out]
+    assert all(a != k for a, k in zip(applied, kept))  # each output is one of the two
+    assert 0 < sum(applied) < B, applied
+
+
+def test_validation_view_is_deterministic_and_has_no_augmentation():
+    view = augment.ClassificationAugment(32, train=False)
+    x = batch_of_one()
+    torch.testing.assert_close(unnormalize(view(x)), x.float() / 255, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------ Problem 2
+SEG_OFF = dict(min_scale=1.0, p_flip=0.0, p_rot90=0.0, degrees=0.0, color=0.0)
+COLOURS = torch.tensor(PALETTE, dtype=torch.float32) / 255  # class c's colour, Unknown black
+
+
+def seg_batch(size=32, cell=8, classes=7):
+    """16 copies of one mask of cell x cell blocks of classes 0..classes-1 and its image, each
+    block painted in its class's palette colour (Unknown black)."""
+    g = torch.Generator().manual_seed(1)
+    n = size // cell
+    blocks = torch.randint(0, classes, (n, n), generator=g)
+    blocks[0, 0], blocks[0, 1] = 2, 4  # asymmetric
+    mask = blocks.repeat_interleave(cell, 0).repeat_interleave(cell, 1).to(torch.uint8)
+    image = (COLOURS[mask.long()].permute(2, 0, 1) * 255).round().to(torch.uint8)
+    return (image.unsqueeze(0).expand(B, -1, -1, -1).contiguous(),
+            mask.unsqueeze(0).expand(B, -1, -1).contiguous())
+
+
+def segment(seed=0, classes=7, **on):
+    aug = augment.SegmentationAugment(**{**SEG_OFF, **on},
+                                      generator=torch.Generator().manual_seed(seed))
+    image, mask = seg_batch(classes=classes)
+    out, out_mask = aug(image, mask)
+    return image.float() / 255, mask.long(), unnormalize(out), out_mask
+
+
+def assert_mask_follows_image(out, out_mask, min_share=0.6):
+    """Where the augmented image shows a class colour exactly, the mask holds that class."""
+    diff = (out.permute(0, 2, 3, 1).unsqueeze(3) - COLOURS.view(1, 1, 1, 7, 3)).abs().amax(-1)
+    close, cls = diff.min(-1)  # (B, H, W) distance to the nearest class colour, which class
+    exact = close < 2e-3
+    assert exact.float().mean() > min_share
+    assert torch.equal(out_mask[exact], cls[exact])
+
+
+def test_segmentation_off_is_the_identity():
+    x, m, out, out_mask = segment()
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+    assert torch.equal(out_mask, m)
+
+
+def test_flips_are_drawn_per_sample_and_carry_the_mask():
+    x, m, out, out_mask = segment(p_flip=0.5)
+    versions = {(): (x[0], m[0]), (-1,): (x[0].flip(-1), m[0].flip(-1)),
+                (-2,): (x[0].flip(-2), m[0].flip(-2)), (-2, -1): (x[0].flip(-2, -1),
+                                                                  m[0].flip(-2, -1))}
+    seen = set()
+    for o, om in zip(out, out_mask):
+        match = [k for k, (vx, vm) in versions.items() if torch.allclose(o, vx, atol=1e-5)]
+        assert len(match) == 1 and torch.equal(om, versions[match[0]][1])
+        seen.add(match[0])
+    assert len(seen) == 4  # no flip, horizontal, vertical, both: each sample its own coins
+
+
+def test_quarter_turns_are_drawn_per_sample_and_carry_the_mask():
+    x, m, out, out_mask = segment(p_rot90=0.75)
+    turns = set()
+    for o, om in zip(out, out_mask):
+        k = [k for k in range(4) if torch.allclose(o, x[0].rot90(k, (-2, -1)), atol=1e-5)]
+        assert len(k) == 1, "not a quarter turn of the image"
+        assert torch.equal(om, m[0].rot90(k[0], (-2, -1)))
+        turns.add(k[0])
+    assert turns == {0, 1, 2, 3}
+
+
+def test_rotation_fills_unknown_and_black_per_sample():
+    x, m, out, out_mask = segment(degrees=30.0)
+    assert distinct(out) == B
+    assert_mask_follows_image(out, out_mask)
+    # without Unknown in the source, every Unknown pixel was brought in by the rotation
+    x, m, out, out_mask = segment(degrees=30.0, classes=6)
+    filled = out_mask == UNKNOWN
+    assert filled[:, 0, 0].sum() > B // 2  # the corners come from outside for most angles
+    assert out.permute(0, 2, 3, 1)[filled].abs().max() < 1e-5  # black exactly there
+    assert_mask_follows_image(out, out_mask)
+
+
+def test_scale_crops_are_drawn_per_sample_and_carry_the_mask():
+    x, m, out, out_mask = segment(min_scale=0.5)
+    assert distinct(out) == B
+    assert_mask_follows_image(out, out_mask, min_share=0.4)
+
+
+def test_colour_is_drawn_per_sample_and_leaves_the_mask():
+    x, m, out, out_mask = segment(color=0.1)
+    assert torch.equal(out_mask, m.expand_as(out_mask))
+    changed = [not torch.allclose(o, x[0], atol=1e-5) for o in out]
+    assert 0 < sum(changed) < B  # applied with p 0.5, per sample
+    assert distinct(out[torch.tensor(changed)]) == sum(changed)  # own factors per sample

@@ -1,0 +1,480 @@
+"""Each recipe value reaches what the training loop really uses.
+
+test_recipes.py checks that `--recipe NAME` parses to the values of the report's code and of the
+strongest public runs. This file checks the next link: every training script is run for real, on
+tiny data, through its own main(), up to its first optimizer steps, and the objects its loop
+passed to train_one_epoch / train_step are compared with the recipe:
+  - the optimizer's class and param groups: lr, betas, weight decay, which parameters decay;
+  - the learning rate at chosen steps, against the schedule's formula written out here;
+  - the loss on a fixed input, against the formula written out here;
+  - the gradient's global norm after clipping; autocast on or off; the augmentation object;
+  - the network that was built (architecture, which pretrained tensors it starts from).
+Every key of every recipe has a check (RECIPE_CHECKS): a key added to recipes.py without one
+fails `test_every_recipe_key_has_a_check`, and a value that stops reaching the loop fails its
+check. The batch size is the one value the runs here override (for speed); test_recipes.py
+pins it.
+"""
+
+import inspect
+import math
+
+import pytest
+import torch
+import torchvision
+import torchvision.models._api as tv_api
+from test_p1 import make_p1_data
+from test_p2 import shrink_pairs
+
+import p1_finetune
+import p1_pretrain_byol
+import p2_common
+import p2_engine
+import p2_train_deeplabv3
+import p2_train_fcn32s
+import recipes
+
+SCRIPTS = {"p1_pretrain_byol": p1_pretrain_byol, "p1_finetune": p1_finetune,
+           "p2_train_fcn32s": p2_train_fcn32s, "p2_train_deeplabv3": p2_train_deeplabv3}
+LOOPS = {"p1_pretrain_byol": p1_pretrain_byol, "p1_finetune": p1_finetune,
+         "p2_train_fcn32s": p2_engine, "p2_train_deeplabv3": p2_engine}
+EXEMPT = {"batch_size"}  # overridden below for speed; test_recipes.py pins it
+BATCH = {"p1_pretrain_byol": 4, "p1_finetune": 4, "p2_train_fcn32s": 2, "p2_train_deeplabv3": 2}
+
+
+class Stop(Exception):
+    """Raised by the spy once the loop has made the steps a test needs."""
+
+
+def run_first_steps(monkeypatch, script, argv, steps=1):
+    """Run SCRIPT's main(argv) until `steps` calls of its loop's train_step have returned.
+
+    -> {"epoch": train_one_epoch's arguments, "step": the first train_step's arguments (with
+    the defaults the call left out filled in), "before": the model's tensors before the first
+    step, "decays": the EMA decay of each step (BYOL)}."""
+    module, loop = SCRIPTS[script], LOOPS[script]
+    epoch_fn, step_fn = loop.train_one_epoch, loop.train_step
+    seen = {"calls": 0, "decays": []}
+
+    def arguments(fn, args, kwargs):
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def epoch_spy(*args, **kwargs):
+        seen["epoch"] = arguments(epoch_fn, args, kwargs)
+        return epoch_fn(*args, **kwargs)
+
+    def step_spy(*args, **kwargs):
+        call = arguments(step_fn, args, kwargs)
+        if seen["calls"] == 0:
+            model = call.get("model", call.get("learner"))
+            seen["step"] = call
+            seen["before"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        seen["decays"].append(call.get("decay"))
+        out = step_fn(*args, **kwargs)
+        seen["calls"] += 1
+        if seen["calls"] == steps:
+            raise Stop
+        return out
+
+    clip_fn = torch.nn.utils.clip_grad_norm_
+
+    def clip_spy(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        norm = clip_fn(parameters, max_norm, *args, **kwargs)
+        seen.setdefault("clips", []).append((parameters, max_norm, norm.item()))
+        return norm
+
+    monkeypatch.setattr(loop, "train_one_epoch", epoch_spy)
+    monkeypatch.setattr(loop, "train_step", step_spy)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_spy)
+    parsed = module.get_args_parser().parse_args([str(a) for a in argv])
+    with pytest.raises(Stop):
+        module.main(parsed)
+    return seen
+
+
+# ------------------------------------------------------------------------------ formulas
+def lr_factor(step, total, warmup, schedule):
+    """The schedules of training.lr_multiplier, written out again: linear warm-up from
+    1/warmup, then constant, half a cosine to 0, or x0.5 at 10%, 1/3 and 2/3 of the rest."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return {"constant": 1.0,
+            "cosine": (1 + math.cos(math.pi * t)) / 2,
+            "multistep": 0.5 ** sum(t >= m for m in (0.1, 1 / 3, 2 / 3))}[schedule]
+
+
+def log_probs(logits):
+    return logits - torch.logsumexp(logits, dim=1, keepdim=True)
+
+
+def segmentation_loss_formula(logits, target, weights, gamma, alpha):
+    """sum_i w_ti (1 - p_ti)^gamma (-log p_ti) / sum_i w_ti, times alpha (w = 1 without
+    class weights): a weighted mean over every pixel of the batch."""
+    logp = log_probs(logits.double()).gather(1, target.unsqueeze(1)).squeeze(1)
+    w = torch.ones(7, dtype=torch.float64) if weights is None else torch.tensor(
+        weights, dtype=torch.float64)
+    wt = w[target]
+    focal = (1 - logp.exp()) ** gamma * -logp
+    return alpha * (wt * focal).sum() / wt.sum()
+
+
+def grad_norm(model):
+    grads = [p.grad.double().norm() for p in model.parameters() if p.grad is not None]
+    return torch.stack(grads).norm().item()
+
+
+# ------------------------------------------------------------------------------ checks
+def check_optimizer(seen, rec, lrs=None):
+    """Class, lr, betas and, per parameter, the weight decay of the loop's optimizer. `lrs`
+    maps a parameter-name predicate to the lr its parameters must have (default: rec lr)."""
+    opt = seen["step"]["optimizer"]
+    cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+    assert type(opt) is cls[rec.get("optimizer", "adamw")]
+    model = seen["step"].get("model", seen["step"].get("learner"))
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    trainable = {n: p for n, p in model.named_parameters() if id(p) in group_of}
+    assert trainable, "the optimizer holds none of the model's parameters"
+    for name, p in trainable.items():
+        group = group_of[id(p)]
+        lr = rec["lr"] if lrs is None else next(v for pred, v in lrs if pred(name))
+        assert group.get("initial_lr", group["lr"]) == pytest.approx(lr, rel=1e-12), name
+        wants = rec["weight_decay"] if (rec.get("decay_all") or p.ndim > 1) else 0.0
+        assert group["weight_decay"] == wants, (name, group["weight_decay"], wants)
+        if "betas" in group:
+            betas = tuple(float(b) for b in rec["betas"].split(",")) if rec.get("betas") else (
+                0.9, 0.999)
+            assert tuple(group["betas"]) == betas, name
+    return trainable
+
+
+def check_schedule(seen, rec, steps_per_epoch):
+    """The lr after k scheduler steps, for chosen k, against lr_factor."""
+    scheduler, opt = seen["epoch"]["scheduler"], seen["step"]["optimizer"]
+    if rec["schedule"] == "plateau":  # ReduceLROnPlateau on val mIoU: x0.5, patience 5
+        lrs = []
+        for metric in (0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6):
+            scheduler.observe(metric)
+            lrs.append(opt.param_groups[0]["lr"])
+        assert lrs == pytest.approx([rec["lr"]] * 7 + [rec["lr"] / 2])
+        return
+    base = [g.get("initial_lr", g["lr"]) for g in opt.param_groups]
+    total = rec["epochs"] * steps_per_epoch
+    warmup = round(rec["warmup_epochs"] * steps_per_epoch)
+    done = seen["calls"] - 1  # the loop stepped the scheduler after each step but the last
+    chosen = sorted(k for k in {0, 1, warmup - 1, warmup, warmup + 1, total // 3, total // 2,
+                                total - 1} if k >= done)
+    for k in chosen:
+        for _ in range(k - done):
+            scheduler.step()
+        done = k
+        factor = lr_factor(k, total, warmup, rec["schedule"])
+        for group, lr in zip(opt.param_groups, base):
+            assert group["lr"] == pytest.approx(lr * factor, rel=1e-9), (k, rec["schedule"])
+
+
+def check_amp(seen, rec):
+    assert seen["step"]["amp"] is rec.get("amp", True)
+
+
+# ------------------------------------------------------------------------------ data
+@pytest.fixture(scope="module")
+def p1_data(tmp_path_factory):
+    return make_p1_data(tmp_path_factory.mktemp("p1"), classes=4, train_per_class=3,
+                        val_per_class=1, mini=12)
+
+
+@pytest.fixture(scope="module")
+def resnet_file(tmp_path_factory):
+    torch.manual_seed(2)
+    path = tmp_path_factory.mktemp("sl") / "resnet50.pt"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def p2_data(tmp_path_factory, samples_dir):
+    root = tmp_path_factory.mktemp("p2")
+    for split in ("train", "validation"):
+        shrink_pairs(samples_dir, root / split, 32)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------ BYOL
+BYOL_VIEWS = {  # what each recipe's --aug must give the two views, written out
+    "report+lib": [dict(scale=(0.08, 1.0), p_flip=0.5, jitter=(0.2, 0.2, 0.2, 0.2),
+                        p_jitter=1.0, p_gray=0.0, p_blur=0.0, p_solarize=0.0)] * 2,
+    "byol": [dict(jitter=(0.4, 0.4, 0.2, 0.1), p_jitter=0.8, p_gray=0.2, p_blur=b,
+                  p_solarize=s) for b, s in ((1.0, 0.0), (0.1, 0.2))],
+}
+
+
+def byol_checks(seen, rec, n_images):
+    learner = seen["step"]["learner"]
+    bank = seen["epoch"].get("train", [None])[0]
+    held = round(rec["holdout"] * n_images) if rec["holdout"] > 0 else 0
+    steps_per_epoch = (n_images - held) // BATCH["p1_pretrain_byol"]
+    return {
+        ("lr", "weight_decay", "decay_all"): lambda: check_optimizer(seen, rec),
+        ("schedule", "warmup_epochs", "epochs"): lambda: check_schedule(seen, rec,
+                                                                         steps_per_epoch),
+        ("bank_size",): lambda: check_equal(tuple(bank.images.shape[-2:]),
+                                            (rec["bank_size"],) * 2),
+        ("holdout",): lambda: check_equal(len(bank), n_images - held),
+        ("aug",): lambda: check_byol_views(learner, rec["aug"]),
+        ("target",): lambda: check_equal(learner.use_momentum, rec["target"] == "ema"),
+        ("ema_decay", "ema_schedule"): lambda: check_ema(seen, rec, steps_per_epoch),
+        # which epoch backbone.pth comes from needs whole epochs: test_p1's
+        # test_backbone_is_a_strict_resnet50_state_dict_of_the_best_epoch checks it
+        ("export",): lambda: check_equal(seen["epoch"]["args"].export, rec["export"]),
+    }
+
+
+def check_equal(got, want):
+    assert got == want
+
+
+def check_byol_views(learner, aug):
+    views = (learner.augment1, learner.augment2)
+    for view, want in zip(views, BYOL_VIEWS[aug]):
+        got = {k: getattr(view.augment, k) for k in want}
+        assert got == want, (aug, got)
+        assert (view.then is not None) == aug.endswith("+lib")
+
+
+def check_ema(seen, rec, steps_per_epoch):
+    total = rec["epochs"] * steps_per_epoch
+    want = [rec["ema_decay"] if rec["ema_schedule"] == "constant" else
+            1 - (1 - rec["ema_decay"]) * (math.cos(math.pi * k / total) + 1) / 2
+            for k in range(len(seen["decays"]))]
+    assert seen["decays"] == pytest.approx(want, rel=0, abs=1e-12)
+    assert rec["ema_schedule"] == "constant" or seen["decays"][1] != rec["ema_decay"]
+
+
+@pytest.mark.parametrize("recipe", recipes.NAMES)
+def test_byol_recipe_reaches_the_loop(recipe, p1_data, tmp_path, monkeypatch):
+    rec = recipes.settings("p1_pretrain_byol", recipe)
+    n = 12
+    seen = run_first_steps(monkeypatch, "p1_pretrain_byol", [
+        "--recipe", recipe, "--data-dir", p1_data / "mini" / "train", "--output-dir", tmp_path,
+        "--batch-size", BATCH["p1_pretrain_byol"], "--image-size", 32, "--device", "cpu",
+        "--projection-hidden-size", 64], steps=2)
+    for check in byol_checks(seen, rec, n).values():
+        check()
+    check_amp(seen, rec)
+
+
+# ------------------------------------------------------------------------------ fine-tuning
+FINETUNE_AUG = {  # the augmentation list each --aug must give, written out
+    "report": dict(scale=(0.08, 1.0), p_flip=0.5, degrees=15.0, translate=4 / 128,
+                   jitter=(0.2, 0.2, 0.2, 0.2), p_jitter=1.0, p_gray=0.0, p_blur=0.0),
+    "simclr": dict(scale=(0.08, 1.0), p_flip=0.5, degrees=0.0, translate=0.0,
+                   jitter=(0.8, 0.8, 0.8, 0.2), p_jitter=0.8, p_gray=0.2, p_blur=0.5),
+}
+
+
+def finetune_checks(seen, rec, setting, n_train):
+    model = seen["step"]["model"]
+    frozen = setting in "DE"
+    steps_per_epoch = n_train // BATCH["p1_finetune"]
+    head = rec["lr"]
+    body = rec["lr"] * rec["backbone_lr_scale"]
+
+    def optimizer():
+        trainable = check_optimizer(seen, rec, lrs=[(lambda n: n.startswith("fc."), head),
+                                                    (lambda n: True, body)])
+        names = set(trainable)
+        assert names == {n for n, _ in model.named_parameters()
+                         if n.startswith("fc.") or not frozen}
+
+    def loss():
+        torch.manual_seed(0)
+        logits, y = torch.randn(6, 65), torch.tensor([0, 3, 64, 7, 7, 12])
+        eps = rec["label_smoothing"]
+        logp = log_probs(logits.double())
+        want = (-(1 - eps) * logp.gather(1, y.unsqueeze(1)).squeeze(1)
+                - eps * logp.mean(1)).mean()
+        got = seen["step"]["criterion"](logits, y)
+        assert got.item() == pytest.approx(want.item(), rel=1e-6)
+
+    def unfreeze():  # the first epoch: the head alone under gradual unfreezing, else all
+        first = {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None}
+        if rec["unfreeze"] and not frozen:
+            assert first == {"fc"}, first
+        else:
+            assert first == ({"fc"} if frozen else {n.split(".")[0]
+                                                    for n, _ in model.named_parameters()})
+
+    def freeze_bn():  # D/E: the frozen backbone's BatchNorm moves only without --freeze-bn
+        assert model.bn1.training is (not (frozen and rec["freeze_bn"]))
+        moved = not torch.equal(seen["before"]["bn1.running_mean"], model.bn1.running_mean)
+        assert moved is (not (frozen and rec["freeze_bn"]))
+
+    def aug():
+        augment = seen["epoch"]["train"][2]
+        got = {k: getattr(augment, k) for k in FINETUNE_AUG[rec["aug"]]}
+        assert got == FINETUNE_AUG[rec["aug"]]
+
+    def sizes():
+        x = seen["step"]["x"]
+        assert x.shape[-2:] == (rec["image_size"],) * 2
+        assert seen["epoch"]["train"][0].images.shape[-1] == rec["bank_size"]
+
+    return {
+        ("optimizer", "lr", "backbone_lr_scale", "weight_decay", "decay_all"): optimizer,
+        ("schedule", "warmup_epochs", "epochs"): lambda: check_schedule(seen, rec,
+                                                                         steps_per_epoch),
+        ("label_smoothing",): loss, ("unfreeze",): unfreeze, ("freeze_bn",): freeze_bn,
+        ("aug",): aug, ("image_size", "bank_size"): sizes,
+    }
+
+
+FINETUNE_CASES = [("report", "C"), ("report", "D"), *[("strong", s) for s in "ABCDE"]]
+
+
+@pytest.mark.parametrize("recipe, setting", FINETUNE_CASES)
+def test_finetune_recipe_reaches_the_loop(recipe, setting, p1_data, resnet_file, tmp_path,
+                                          monkeypatch):
+    rec = {**recipes.settings("p1_finetune", recipe),
+           **(recipes.STRONG_SETTINGS.get(setting, {}) if recipe == "strong" else {})}
+    seen = run_first_steps(monkeypatch, "p1_finetune", [
+        "--recipe", recipe, "--setting", setting, "--data-dir", p1_data / "office",
+        "--backbone", resnet_file, "--sl-backbone", resnet_file, "--output-dir", tmp_path,
+        "--results-dir", tmp_path, "--batch-size", BATCH["p1_finetune"], "--device", "cpu"])
+    for check in finetune_checks(seen, rec, setting, n_train=12).values():
+        check()
+    check_amp(seen, rec)
+
+
+# ------------------------------------------------------------------------------ segmentation
+def fake_download(state):
+    return lambda url, *args, **kwargs: {k: v.clone() for k, v in state.items()}
+
+
+@pytest.fixture(scope="module")
+def fake_vgg16():
+    torch.manual_seed(3)
+    return torchvision.models.vgg16(weights=None).state_dict()
+
+
+def segmentation_checks(seen, rec, script, fake):
+    model = seen["step"]["model"]
+    steps_per_epoch = 4 // BATCH[script]  # 4 training pairs
+
+    def loss():
+        torch.manual_seed(0)
+        logits, aux = torch.randn(2, 7, 3, 4), torch.randn(2, 7, 3, 4)
+        target = torch.arange(24).view(2, 3, 4) % 7
+        weights = ([float(w) for w in rec["class_weights"].split(",")]
+                   if rec["class_weights"] else None)
+        gamma = rec.get("focal_gamma", 2.0) if rec["loss"].endswith("focal") else 0.0
+        alpha = rec.get("focal_alpha", 1.0) if gamma else 1.0
+        want = segmentation_loss_formula(logits, target, weights, gamma, alpha)
+        aux_weight = rec.get("aux_weight", 0.0)
+        if aux_weight:
+            want = want + aux_weight * segmentation_loss_formula(aux, target, weights, gamma,
+                                                                 alpha)
+        got = seen["step"]["criterion"]({"out": logits, "aux": aux}, target)
+        assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+    def clip():  # the gradient of every parameter, clipped to that global norm (or not at all)
+        clips = seen.get("clips", [])
+        if rec["clip_grad"] > 0:
+            assert len(clips) == 1 and clips[0][1] == rec["clip_grad"], clips
+            params, max_norm, norm_before = clips[0]
+            assert {id(p) for p in params} == {id(p) for p in model.parameters()}
+            after = grad_norm(model)
+            assert after == pytest.approx(min(norm_before, max_norm), rel=1e-4)
+        else:
+            assert not clips
+
+    def augment():
+        aug = seen["epoch"]["train"][2]
+        got = (aug.min_scale, aug.p_rot90, aug.degrees, aug.color, aug.p_flip)
+        assert got == (rec["min_scale"], rec["rot90"], rec["rotate"], rec["color"], 0.5)
+
+    checks = {
+        ("optimizer", "lr", "weight_decay", "decay_all", "betas"):
+            lambda: check_optimizer(seen, rec),
+        ("schedule", "warmup_epochs", "epochs"): lambda: check_schedule(seen, rec,
+                                                                         steps_per_epoch),
+        ("loss", "focal_gamma", "focal_alpha", "class_weights", "aux_weight"): loss,
+        ("clip_grad",): clip,
+        ("min_scale", "rot90", "rotate", "color"): augment,
+        ("amp",): lambda: check_amp(seen, rec),
+    }
+    if script == "p2_train_fcn32s":
+        def fc_init():  # fc6/fc7 start from VGG16's classifier, or not
+            fc6 = fake["classifier.0.weight"].view(4096, 512, 7, 7)
+            assert torch.equal(seen["before"]["fc6.weight"], fc6) is (rec["fc_init"] == "vgg")
+            assert torch.equal(seen["before"]["features.0.weight"], fake["features.0.weight"])
+
+        def upscore_init():
+            up = seen["before"]["upscore.weight"]
+            bilinear = torch.zeros_like(up)
+            for c in range(7):
+                bilinear[c, c] = p2_common.bilinear_kernel(64)
+            assert torch.equal(up, bilinear) is (rec["upscore_init"] == "bilinear")
+
+        checks[("fc_init",)] = fc_init
+        checks[("upscore_init",)] = upscore_init
+    else:
+        def arch_init():
+            blocks = {"resnet50": 6, "resnet101": 23}[rec["arch"]]
+            assert len(model.backbone.layer3) == blocks
+            assert rec["init"] == "coco"
+            for key in ("backbone.conv1.weight", "classifier.0.convs.0.0.weight"):
+                assert torch.equal(seen["before"][key], fake[key]), key
+            assert model.classifier[-1].out_channels == 7
+
+        checks[("arch", "init")] = arch_init
+    return checks
+
+
+@pytest.mark.parametrize("script", ["p2_train_fcn32s", "p2_train_deeplabv3"])
+@pytest.mark.parametrize("recipe", recipes.NAMES)
+def test_segmentation_recipe_reaches_the_loop(script, recipe, p2_data, fake_vgg16, tmp_path,
+                                              monkeypatch):
+    rec = recipes.settings(script, recipe)
+    if script == "p2_train_fcn32s":
+        fake = fake_vgg16
+    else:  # the COCO-VOC file's keys and shapes (21 classes), random values
+        torch.manual_seed(4)
+        builder = p2_common.ARCHS[rec["arch"]][0]
+        fake = builder(weights=None, weights_backbone=None, num_classes=21,
+                       aux_loss=True).state_dict()
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", fake_download(fake))
+    seen = run_first_steps(monkeypatch, script, [
+        "--recipe", recipe, "--data-dir", p2_data, "--output-dir", tmp_path, "--batch-size",
+        BATCH[script], "--image-size", 32, "--device", "cpu", "--workers", 2, "--snapshot-ids"])
+    for check in segmentation_checks(seen, rec, script, fake).values():
+        check()
+
+
+def test_every_recipe_key_has_a_check():
+    """A value added to a recipe without a check here fails, so none can silently stay unused.
+    The checks are built on stand-in objects, only to read their keys."""
+    stub = {"step": {"model": torch.nn.Linear(1, 1), "learner": None}, "epoch": {}}
+    keys = {
+        "p1_pretrain_byol": byol_checks(stub, {"holdout": 0.0}, 4),
+        "p1_finetune": finetune_checks(stub, {"lr": 1.0, "backbone_lr_scale": 1.0}, "C", 4),
+        "p2_train_fcn32s": segmentation_checks(stub, {}, "p2_train_fcn32s", {}),
+        "p2_train_deeplabv3": segmentation_checks(stub, {}, "p2_train_deeplabv3", {}),
+    }
+    for script, checks in keys.items():
+        covered = set().union(*checks) | EXEMPT | {"amp"}
+        for recipe in recipes.NAMES:
+            missing = set(recipes.settings(script, recipe)) - covered
+            assert not missing, (script, recipe, missing)
+    strong_cells = set().union(*recipes.STRONG_SETTINGS.values())
+    assert strong_cells - EXEMPT <= set().union(*keys["p1_finetune"]), strong_cells
