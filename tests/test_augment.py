@@ -69,6 +69,70 @@ def test_geometric_hue_and_blur_draws_differ_per_sample(on):
     assert not torch.allclose(out[0], x[0], atol=1e-3)
 
 
+def ramp_batch(size=64):
+    """16 copies of an image whose red channel is x / (size - 1) and green y / (size - 1)."""
+    t = torch.arange(size, dtype=torch.float64) / (size - 1)
+    image = torch.stack([t.view(1, -1).expand(size, size), t.view(-1, 1).expand(size, size),
+                         torch.full((size, size), 0.5, dtype=torch.float64)])
+    return (image * 255).round().to(torch.uint8).unsqueeze(0).expand(B, -1, -1, -1).contiguous()
+
+
+def crop_boxes(out):
+    """(width, centre x, height, centre y) of the source box each output shows, as fractions of
+    the source image, read off the ramps: the source coordinate of each output column (row) is
+    a line in the output coordinate, of slope `width` through the box's centre."""
+    size = out.shape[-1]
+    centres = (torch.arange(size, dtype=torch.float64) + 0.5) / size  # output pixel centres
+    design = torch.stack([centres - 0.5, torch.ones_like(centres)], 1)
+    boxes = []
+    for o in out.double():
+        box = []
+        for ramp in (o[0].mean(0), o[1].mean(1)):  # red along x, green along y
+            source = (ramp * (size - 1) + 0.5) / size  # the source pixel centre it came from
+            box += torch.linalg.lstsq(design, source[:, None]).solution.flatten().tolist()
+        boxes.append(box)
+    return torch.tensor(boxes).T  # (4, B)
+
+
+def place(centre, side):
+    """Where a box of `side` sits in its room: 0 at the left (top) edge, 1 at the right."""
+    return (centre - side / 2) / (1 - side)
+
+
+def many(values, digits=2):
+    return len({round(v, digits) for v in values.tolist()}) >= B // 2
+
+
+@pytest.mark.parametrize("scale", [(0.08, 1.0), (0.25, 0.25)], ids=["size", "position"])
+def test_each_sample_draws_its_own_crop_box(scale):
+    """Each sample draws its own area, aspect ratio and place in the image; with a fixed area
+    (0.25) the aspect and the place must still differ."""
+    aug = augment.ClassificationAugment(64, **{**OFF, "scale": scale, "ratio": (3 / 4, 4 / 3)},
+                                        generator=torch.Generator().manual_seed(0))
+    w, cx, h, cy = crop_boxes(unnormalize(aug(ramp_batch())))
+    assert many(w / h), w / h
+    if scale[0] == scale[1]:
+        torch.testing.assert_close(w * h, torch.full_like(w, scale[0]), atol=2e-2, rtol=0)
+    else:
+        assert many(w * h), w * h
+    inner = (w < 0.9) & (h < 0.9)  # a box nearly the whole image has no room to move
+    assert inner.sum() >= B // 2
+    assert many(place(cx, w)[inner]) and many(place(cy, h)[inner]), (cx, cy)
+
+
+def test_each_sample_draws_its_own_segmentation_crop():
+    aug = augment.SegmentationAugment(**{**SEG_OFF, "min_scale": 0.5},
+                                      generator=torch.Generator().manual_seed(0))
+    image = ramp_batch()
+    out, _ = aug(image, torch.zeros(B, 64, 64, dtype=torch.uint8))
+    w, cx, h, cy = crop_boxes(unnormalize(out))
+    torch.testing.assert_close(w, h, atol=1e-2, rtol=0)  # square crops of side in [0.5, 1]
+    assert ((w > 0.49) & (w < 1.01)).all(), w
+    inner = w < 0.9
+    assert many(w) and inner.sum() >= B // 2
+    assert many(place(cx, w)[inner]) and many(place(cy, h)[inner]), (cx, cy)
+
+
 def test_each_sample_flips_or_not():
     x, out = classify(p_flip=0.5)
     flipped = [torch.allclose(o, x[0].flip(-1), atol=1e-5) for o in out]
@@ -206,9 +270,42 @@ def test_scale_crops_are_drawn_per_sample_and_carry_the_mask():
     assert_mask_follows_image(out, out_mask, min_share=0.4)
 
 
-def test_colour_is_drawn_per_sample_and_leaves_the_mask():
-    x, m, out, out_mask = segment(color=0.1)
-    assert torch.equal(out_mask, m.expand_as(out_mask))
-    changed = [not torch.allclose(o, x[0], atol=1e-5) for o in out]
-    assert 0 < sum(changed) < B  # applied with p 0.5, per sample
-    assert distinct(out[torch.tensor(changed)]) == sum(changed)  # own factors per sample
+def test_colour_factors_are_drawn_per_sample_and_leave_the_mask():
+    """Brightness b, contrast c and saturation s, in that order, each image its own three
+    factors and its own coin (p 0.5). The image's left half is gray (equal channels), where
+    out = b * (c * (v - mu) + mu) with mu the image's mean gray, which gives b and c; its right
+    half is coloured, where the saturation blend with the pixel's gray gives s."""
+    g = torch.Generator().manual_seed(2)
+    image = torch.randint(60, 190, (1, 3, 32, 32), generator=g, dtype=torch.uint8)
+    image[:, :, :, :16] = image[:, :1, :, :16]  # gray left half
+    x = image.expand(B, -1, -1, -1).contiguous()
+    mask = torch.randint(0, 7, (B, 32, 32), generator=g, dtype=torch.uint8)
+    aug = augment.SegmentationAugment(**{**SEG_OFF, "color": 0.1},
+                                      generator=torch.Generator().manual_seed(0))
+    out, out_mask = aug(x, mask)
+    out, x = unnormalize(out).double(), x.double() / 255
+    assert torch.equal(out_mask, mask.long())
+    gray = lambda t: 0.299 * t[0] + 0.587 * t[1] + 0.114 * t[2]  # (3, H, W) -> (H, W)  # noqa: E731
+    mu = gray(x[0]).mean()
+    factors, kept = [], 0
+    for o in out:
+        if torch.allclose(o, x[0], atol=1e-5):
+            kept += 1
+            continue
+        v, w = x[0, 0, :, :16].flatten(), o[0, :, :16].flatten()  # gray half: w = p v + q
+        p, q = torch.linalg.lstsq(torch.stack([v, torch.ones_like(v)], 1), w[:, None]
+                                  ).solution.flatten().tolist()
+        b = p + q / mu.item()  # p = b c, q = b mu (1 - c)
+        c = p / b
+        y = (b * (c * (x[0] - mu) + mu))[:, :, 16:]  # the coloured half after b and c
+        yg = gray(y)
+        sat = ((o[:, :, 16:] - yg) / (y - yg))[(y - yg).abs() > 0.05]
+        assert sat.max() - sat.min() < 1e-3  # one saturation factor for the image
+        torch.testing.assert_close(o[:, :, :16], (b * (c * (x[0, :, :, :16] - mu) + mu)),
+                                   atol=1e-5, rtol=0)
+        factors.append((b, c, sat.mean().item()))
+    assert 0 < kept < B  # the coin is tossed per sample
+    for k, name in enumerate(("brightness", "contrast", "saturation")):
+        values = [f[k] for f in factors]
+        assert all(0.9 - 1e-3 < v < 1.1 + 1e-3 for v in values), (name, values)
+        assert len({round(v, 4) for v in values}) == len(values), (name, values)

@@ -261,14 +261,23 @@ def check_ema(seen, rec, steps_per_epoch):
     assert rec["ema_schedule"] == "constant" or seen["decays"][1] != rec["ema_decay"]
 
 
-@pytest.mark.parametrize("recipe", recipes.NAMES)
-def test_byol_recipe_reaches_the_loop(recipe, p1_data, tmp_path, monkeypatch):
-    rec = recipes.settings("p1_pretrain_byol", recipe)
+# Each script also runs once with flags that differ from both recipes, where both recipes
+# share a value that a bug could replace by a constant unnoticed (e.g. label smoothing 0).
+OVERRIDES = {"p1_pretrain_byol": dict(target="simsiam"),
+             "p1_finetune": dict(label_smoothing=0.1, backbone_lr_scale=0.1),
+             "p2_train_deeplabv3": dict(min_scale=0.5, aux_weight=0.4)}
+
+
+@pytest.mark.parametrize("recipe, extra", [("report", {}), ("strong", {}),
+                                           ("report", OVERRIDES["p1_pretrain_byol"])],
+                         ids=["report", "strong", "flags"])
+def test_byol_recipe_reaches_the_loop(recipe, extra, p1_data, tmp_path, monkeypatch):
+    rec = {**recipes.settings("p1_pretrain_byol", recipe), **extra}
     n = 12
     seen = run_first_steps(monkeypatch, "p1_pretrain_byol", [
         "--recipe", recipe, "--data-dir", p1_data / "mini" / "train", "--output-dir", tmp_path,
         "--batch-size", BATCH["p1_pretrain_byol"], "--image-size", 32, "--device", "cpu",
-        "--projection-hidden-size", 64], steps=2)
+        "--projection-hidden-size", 64, *recipes.to_words(extra)], steps=2)
     for check in byol_checks(seen, rec, n).values():
         check()
     check_amp(seen, rec)
@@ -339,18 +348,22 @@ def finetune_checks(seen, rec, setting, n_train):
     }
 
 
-FINETUNE_CASES = [("report", "C"), ("report", "D"), *[("strong", s) for s in "ABCDE"]]
+FINETUNE_CASES = [("report", "C", {}), ("report", "D", {}),
+                  *[("strong", s, {}) for s in "ABCDE"],
+                  ("report", "B", OVERRIDES["p1_finetune"])]
 
 
-@pytest.mark.parametrize("recipe, setting", FINETUNE_CASES)
-def test_finetune_recipe_reaches_the_loop(recipe, setting, p1_data, resnet_file, tmp_path,
-                                          monkeypatch):
+@pytest.mark.parametrize("recipe, setting, extra", FINETUNE_CASES,
+                         ids=[f"{r}-{s}{'-flags' if e else ''}" for r, s, e in FINETUNE_CASES])
+def test_finetune_recipe_reaches_the_loop(recipe, setting, extra, p1_data, resnet_file,
+                                          tmp_path, monkeypatch):
     rec = {**recipes.settings("p1_finetune", recipe),
-           **(recipes.STRONG_SETTINGS.get(setting, {}) if recipe == "strong" else {})}
+           **(recipes.STRONG_SETTINGS.get(setting, {}) if recipe == "strong" else {}), **extra}
     seen = run_first_steps(monkeypatch, "p1_finetune", [
         "--recipe", recipe, "--setting", setting, "--data-dir", p1_data / "office",
         "--backbone", resnet_file, "--sl-backbone", resnet_file, "--output-dir", tmp_path,
-        "--results-dir", tmp_path, "--batch-size", BATCH["p1_finetune"], "--device", "cpu"])
+        "--results-dir", tmp_path, "--batch-size", BATCH["p1_finetune"], "--device", "cpu",
+        *recipes.to_words(extra)])
     for check in finetune_checks(seen, rec, setting, n_train=12).values():
         check()
     check_amp(seen, rec)
@@ -441,11 +454,17 @@ def segmentation_checks(seen, rec, script, fake):
     return checks
 
 
-@pytest.mark.parametrize("script", ["p2_train_fcn32s", "p2_train_deeplabv3"])
-@pytest.mark.parametrize("recipe", recipes.NAMES)
-def test_segmentation_recipe_reaches_the_loop(script, recipe, p2_data, fake_vgg16, tmp_path,
-                                              monkeypatch):
-    rec = recipes.settings(script, recipe)
+SEGMENTATION_CASES = [(script, recipe, {}) for script in ("p2_train_fcn32s", "p2_train_deeplabv3")
+                      for recipe in recipes.NAMES]
+SEGMENTATION_CASES.append(("p2_train_deeplabv3", "report", OVERRIDES["p2_train_deeplabv3"]))
+
+
+@pytest.mark.parametrize("script, recipe, extra", SEGMENTATION_CASES,
+                         ids=[f"{s[3:]}-{r}{'-flags' if e else ''}"
+                              for s, r, e in SEGMENTATION_CASES])
+def test_segmentation_recipe_reaches_the_loop(script, recipe, extra, p2_data, fake_vgg16,
+                                              tmp_path, monkeypatch):
+    rec = {**recipes.settings(script, recipe), **extra}
     if script == "p2_train_fcn32s":
         fake = fake_vgg16
     else:  # the COCO-VOC file's keys and shapes (21 classes), random values
@@ -456,7 +475,8 @@ def test_segmentation_recipe_reaches_the_loop(script, recipe, p2_data, fake_vgg1
     monkeypatch.setattr(tv_api, "load_state_dict_from_url", fake_download(fake))
     seen = run_first_steps(monkeypatch, script, [
         "--recipe", recipe, "--data-dir", p2_data, "--output-dir", tmp_path, "--batch-size",
-        BATCH[script], "--image-size", 32, "--device", "cpu", "--workers", 2, "--snapshot-ids"])
+        BATCH[script], "--image-size", 32, "--device", "cpu", "--workers", 2,
+        *recipes.to_words(extra), "--snapshot-ids"])
     for check in segmentation_checks(seen, rec, script, fake).values():
         check()
 
