@@ -113,6 +113,17 @@ def warp(x, theta, out_hw, mode="bilinear", padding="reflection"):
     return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=False)
 
 
+def shift_reflect(x, top, left, pad):
+    """torchvision's RandomCrop(size, padding=pad, padding_mode="reflect") with the crop of each
+    image at its own whole-pixel offset: x (B, C, H, W), top/left (B,) int64 in 0..2 pad."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")            # (B, C, H + 2p, W + 2p)
+    rows = torch.arange(h, device=x.device).view(1, h, 1) + top.view(b, 1, 1)   # (B, H, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w) + left.view(b, 1, 1)  # (B, 1, W)
+    batch = torch.arange(b, device=x.device).view(b, 1, 1)
+    return padded[batch, :, rows, cols].permute(0, 3, 1, 2)            # (B, H, W, C) -> NCHW
+
+
 def rgb_to_gray(x):
     return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
 
@@ -175,20 +186,26 @@ class ClassificationAugment(_BatchAugment):
     Defaults are the report's list (RandomResizedCrop(128), flip, ColorJitter(0.2 x 4), always);
     BYOL's paper views set p_jitter=0.8, jitter=(0.4, 0.4, 0.2, 0.1), p_gray=0.2, p_blur and
     p_solarize. Jitter factors follow torchvision (brightness/contrast/saturation in
-    [1-s, 1+s], hue shift in [-s, s]) in a fixed order rather than a random one.
+    [1-s, 1+s], hue shift in [-s, s]), in a fixed order: one warp does crop, flip and rotation.
+    `exact=True` runs the report's torchvision steps one by one instead: the crop and flip
+    (bilinear), the rotation by nearest neighbour (RandomRotation's default), the shift as a
+    crop of the reflect-padded image at a whole-pixel offset (RandomCrop(padding=4,
+    padding_mode="reflect")), and the jitter's four factors in a random order per image
+    (ColorJitter); slower on a GPU (three resamplings, 16 colour passes instead of 4). The
+    colour steps stay in float where PIL rounds each step to 8 bits.
     `train=False` gives the evaluation view: resize to `size` (no crop, no colour change).
     """
 
     def __init__(self, size=128, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), p_flip=0.5,
                  jitter=(0.2, 0.2, 0.2, 0.2), p_jitter=1.0, p_gray=0.0, p_blur=0.0,
                  blur_sigma=(0.1, 2.0), p_solarize=0.0, degrees=0.0, translate=0.0, train=True,
-                 generator=None):
+                 generator=None, exact=False):
         self.size = as_hw(size)
         self.degrees, self.translate = degrees, translate
         self.scale, self.ratio, self.p_flip = scale, ratio, p_flip
         self.jitter, self.p_jitter, self.p_gray = jitter, p_jitter, p_gray
         self.p_blur, self.blur_sigma, self.p_solarize = p_blur, blur_sigma, p_solarize
-        self.train, self.generator = train, generator
+        self.train, self.generator, self.exact = train, generator, exact
         # a 23-px kernel at 224 px is BYOL's 10%; keep that fraction, odd, at least 3
         self.kernel_size = max(3, int(0.1 * self.size[0]) // 2 * 2 + 1)
 
@@ -204,16 +221,23 @@ class ClassificationAugment(_BatchAugment):
                                          self.generator, shard=self.shard)
         flip = rand() < self.p_flip
         theta = crop_theta(w, h, cx, cy, flip_x=flip)
-        if self.degrees:  # torchvision's rotate: the corners it uncovers are black (fill 0)
-            theta = rotate_theta(theta, rand(-self.degrees, self.degrees) * (math.pi / 180))
-        x = warp(x, theta, self.size, padding="zeros" if self.degrees else "reflection")
-        if self.translate:  # a random crop of the image padded by `translate`, reflected
-            t = 2 * self.translate  # normalised coordinates span 2
-            theta = torch.eye(2, 3, device=x.device).repeat(x.shape[0], 1, 1)
-            theta[:, :, 2] = torch.stack([rand(-t, t), rand(-t, t)], 1)  # a pure shift
-            x = warp(x, theta, self.size)
+        if self.exact:
+            x = self._exact_geometry(x, theta, rand)
+        else:
+            if self.degrees:  # torchvision's rotate: the corners it uncovers are black (fill 0)
+                theta = rotate_theta(theta, rand(-self.degrees, self.degrees) * (math.pi / 180))
+            x = warp(x, theta, self.size, padding="zeros" if self.degrees else "reflection")
+            if self.translate:  # a random crop of the image padded by `translate`, reflected
+                t = 2 * self.translate  # normalised coordinates span 2
+                theta = torch.eye(2, 3, device=x.device).repeat(x.shape[0], 1, 1)
+                theta[:, :, 2] = torch.stack([rand(-t, t), rand(-t, t)], 1)  # a pure shift
+                x = warp(x, theta, self.size)
         if self.p_jitter > 0 and any(self.jitter):
-            x = torch.where((rand() < self.p_jitter).view(coin), self._jitter(x), x)
+            order = None
+            if self.exact:  # ColorJitter's randperm(4), one per image
+                order = _rand((x.shape[0], 4), x.device, self.generator,
+                              shard=self.shard).argsort(1)
+            x = torch.where((rand() < self.p_jitter).view(coin), self._jitter(x, order), x)
         if self.p_gray > 0:
             x = torch.where((rand() < self.p_gray).view(coin), rgb_to_gray(x).expand_as(x), x)
         if self.p_blur > 0:
@@ -225,22 +249,58 @@ class ClassificationAugment(_BatchAugment):
                             torch.where(x < 0.5, x, 1.0 - x), x)
         return normalize(x)
 
-    def _jitter(self, x):
+    def _exact_geometry(self, x, theta, rand):
+        """The report's steps one by one (exact=True): crop + flip, rotation, shift."""
+        x = warp(x, theta, self.size)  # RandomResizedCrop (bilinear) and the flip
+        if self.degrees:  # RandomRotation: nearest neighbour, uncovered corners black
+            angle = rand(-self.degrees, self.degrees) * (math.pi / 180)
+            identity = torch.eye(2, 3, device=x.device).repeat(x.shape[0], 1, 1)
+            x = warp(x, rotate_theta(identity, angle), self.size, mode="nearest",
+                     padding="zeros")
+        if self.translate:  # RandomCrop(size, padding=p, reflect): offsets 0..2p, whole pixels
+            pad = round(self.translate * self.size[0])
+            top, left = (rand(0, 2 * pad + 1).floor().long().clamp(max=2 * pad)
+                         for _ in range(2))
+            x = shift_reflect(x, top, left, pad)
+        return x
+
+    def _jitter(self, x, order=None):
+        """Brightness, contrast, saturation, hue with per-sample factors; `order` (B, 4): each
+        image's permutation of the four (ColorJitter's randperm), else that fixed order."""
         rand = self._uniform(x)
         b, c, s, hue = self.jitter
         view = (-1, 1, 1, 1)
-        if b:
-            x = (x * rand(1 - b, 1 + b).view(view)).clamp(0, 1)
-        if c:
+        # the factors, drawn in one order whatever the order they are applied in
+        factors = [rand(1 - b, 1 + b) if b else None, rand(1 - c, 1 + c) if c else None,
+                   rand(1 - s, 1 + s) if s else None, rand(-hue, hue) if hue else None]
+
+        def brightness(x, f):
+            return (x * f.view(view)).clamp(0, 1)
+
+        def contrast(x, f):
             mean = rgb_to_gray(x).mean((1, 2, 3), keepdim=True)
-            x = ((x - mean) * rand(1 - c, 1 + c).view(view) + mean).clamp(0, 1)
-        if s:
+            return ((x - mean) * f.view(view) + mean).clamp(0, 1)
+
+        def saturation(x, f):
             gray = rgb_to_gray(x)
-            x = ((x - gray) * rand(1 - s, 1 + s).view(view) + gray).clamp(0, 1)
-        if hue:
+            return ((x - gray) * f.view(view) + gray).clamp(0, 1)
+
+        def shift_hue(x, f):
             hsv = rgb_to_hsv(x)
-            hsv[:, 0] = (hsv[:, 0] + rand(-hue, hue).view(-1, 1, 1)) % 1.0
-            x = hsv_to_rgb(hsv).clamp(0, 1)
+            hsv[:, 0] = (hsv[:, 0] + f.view(-1, 1, 1)) % 1.0
+            return hsv_to_rgb(hsv).clamp(0, 1)
+
+        ops = [(op, f) for op, f in zip((brightness, contrast, saturation, shift_hue), factors)]
+        if order is None:
+            for op, f in ops:
+                if f is not None:
+                    x = op(x, f)
+            return x
+        for position in range(4):  # at each position, each image applies its own op
+            step = order[:, position]
+            for k, (op, f) in enumerate(ops):
+                if f is not None:
+                    x = torch.where((step == k).view(view), op(x, f), x)
         return x
 
 
@@ -254,14 +314,17 @@ class SegmentationAugment(_BatchAugment):
     probability 0.5 brightness, contrast and saturation factors in [1 - color, 1 + color].
     Image and mask go through the SAME affine map: bilinear for the image, nearest for the mask,
     so the labels stay exact class indices. Returns (normalised float image, int64 mask).
+    `exact=True` is the report's code: whole-degree angles (random.randint(-D, D)) and the
+    image resampled by nearest neighbour too (TF.rotate's default), which flips and quarter
+    turns leave exact anyway; meant for min_scale=1, where no scale-crop resamples.
     """
 
     def __init__(self, size=None, min_scale=0.5, p_flip=0.5, p_rot90=0.75, degrees=0.0,
-                 color=0.0, generator=None):
+                 color=0.0, generator=None, exact=False):
         self.size = as_hw(size)
         self.min_scale, self.p_flip, self.p_rot90 = min_scale, p_flip, p_rot90
         self.degrees, self.color = degrees, color
-        self.generator = generator
+        self.generator, self.exact = generator, exact
 
     def __call__(self, image, mask):
         x = to_float(image)
@@ -279,8 +342,11 @@ class SegmentationAugment(_BatchAugment):
         theta = crop_theta(s, s, cx, cy, flip_x=rand() < self.p_flip,
                            flip_y=rand() < self.p_flip, rot90=k)
         if self.degrees:
-            theta = rotate_theta(theta, rand(-self.degrees, self.degrees) * (math.pi / 180))
-        x = warp(x, theta, size, mode="bilinear")
+            angle = rand(-self.degrees, self.degrees)
+            if self.exact:  # random.randint(-D, D): whole degrees, both ends included
+                angle = rand(-self.degrees, self.degrees + 1).floor().clamp(max=self.degrees)
+            theta = rotate_theta(theta, angle * (math.pi / 180))
+        x = warp(x, theta, size, mode="nearest" if self.exact else "bilinear")
         m = warp(mask.unsqueeze(1).float(), theta, size, mode="nearest")
         if self.degrees:  # what the rotation brings in from outside: black, Unknown
             inside = warp(torch.ones_like(x[:, :1]), theta, size, mode="nearest",

@@ -214,7 +214,7 @@ def torch_flags(device, variant=None):
                         cudnn_benchmark=variant.cudnn_benchmark)
     with tuning(**switches):
         if variant is not None:
-            utils.setup_precision(device)
+            utils.setup_precision(device, variant.amp)
         else:
             torch.backends.cudnn.benchmark = False
             torch.backends.cuda.matmul.allow_tf32 = False
@@ -499,7 +499,7 @@ def segmentation_parts(name, data, size, batch, device, amp=True):
     model.to(device, memory_format=utils.memory_format(device))
     optimizer = p2_engine.make_optimizer(model, args, device)
     scheduler = make_lr_scheduler(optimizer, args.schedule, 10_000)
-    return args, model, optimizer, scheduler, p2_engine.make_criterion(args)
+    return args, model, optimizer, scheduler, p2_engine.make_criterion(args, device=device)
 
 
 def segmentation_ours(name, data, size, batch, device, variant):

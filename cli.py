@@ -27,10 +27,15 @@ class BooleanFlag(argparse.Action):
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help shows every default, except None/False ones and where the help text already
-    says what the default means."""
+    says what the default means; a --x/--no-x pair says which of the two is the default."""
 
     def _get_help_string(self, action):
-        if action.default is None or action.default is False or "default" in (action.help or ""):
+        if "default" in (action.help or ""):
+            return action.help
+        if isinstance(action, BooleanFlag) and action.default is not None:
+            name = action.option_strings[0 if action.default else 1]
+            return f"{action.help} (default: {name})"
+        if action.default is None or action.default is False:
             return action.help
         return super()._get_help_string(action)
 

@@ -241,7 +241,8 @@ class ImageBank:
         """Decode `paths` in parallel threads (PIL releases the GIL while decoding).
 
         size: None (all images must share one size), an int (square) or (H, W); images are
-        resized with antialiased bicubic, masks with nearest neighbour. Any mode PIL reads
+        resized with PIL's bilinear filter (what torchvision's Resize does to a PIL image, as the
+        report's code read them), masks with nearest neighbour. Any mode PIL reads
         becomes RGB (utils.load_rgb). size_flag: the flag that sets `size`, named in the error
         when images of different sizes come without one.
         cache_dir: where `bank-<hash>.npy` is kept; the hash covers the file names, sizes and
@@ -256,7 +257,7 @@ class ImageBank:
         size = as_hw(size)
         cache_file = None
         if cache_dir is not None:
-            key = hashlib.sha1(repr((kind, size)).encode())
+            key = hashlib.sha1(repr((kind, size, "bilinear")).encode())
             for p in paths:
                 try:
                     st = p.stat()
@@ -274,7 +275,7 @@ class ImageBank:
                     pass  # a broken cache is rebuilt below
         off_palette = []
         if kind == "image":
-            fn = lambda p: _decode(p, size, Image.BICUBIC)  # noqa: E731
+            fn = lambda p: _decode(p, size, Image.BILINEAR)  # noqa: E731
         elif kind == "mask":
             fn = lambda p: _decode_mask(p, size, off_palette)  # noqa: E731
         else:
@@ -311,19 +312,22 @@ class ImageBank:
 
 
 def index_batches(n, batch_size, generator=None, device="cpu", drop_last=True, shuffle=True,
-                  rank=0, world_size=1):
+                  rank=0, world_size=1, min_last=1):
     """Yield LongTensor index batches over range(n): one permutation per epoch, shard `rank` of
     `world_size` (each rank takes its own stride of the permutation; `generator` must be seeded
     alike on every rank). With drop_last every rank gets the same number of batches, and step
     s of the ranks together covers exactly the global batch s of a single process with
     batch_size * world_size: rank r holds its positions r, r + world_size, ... The permutation
-    goes to `device` once per epoch, so a step does no host-to-device copy."""
+    goes to `device` once per epoch, so a step does no host-to-device copy. Without drop_last
+    the last partial batch comes too (as a DataLoader's), when it holds at least `min_last`
+    indices (training passes 2: BatchNorm cannot train on one image)."""
     import torch
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     if drop_last:
         order = order[: len(order) - len(order) % world_size]
     order = order[rank::world_size].to(device, non_blocking=True)
-    stop = len(order) - (len(order) % batch_size if drop_last else 0)
+    rest = len(order) % batch_size
+    stop = len(order) - (rest if drop_last or rest < min_last else 0)
     for start in range(0, stop, batch_size):
         yield order[start:start + batch_size]
 

@@ -32,8 +32,9 @@ statistics do not move; at the end a moco-style sanity_check asserts every backb
 
 Outputs per setting (in --output-dir/SETTING): args.json, log.jsonl (one line per epoch),
 curves.png (train loss, train acc, val acc), best.pth (best val acc; what hw1_1.sh uses as
-checkpoints/p1_C.pth), epoch_001.pth and last.pth (first and last epoch, for p1_tsne.py;
-last.pth also holds the optimizer for --resume). Checkpoints carry args (setting, num_classes,
+checkpoints/p1_C.pth), epoch_001.pth and epoch_100.pth (--keep-epochs: the report's t-SNE
+panels are epochs 1 and 100; an epoch past --epochs means the last one), last.pth (the last
+epoch, with the optimizer for --resume). Checkpoints carry args (setting, num_classes,
 image_size, bank_size) so p1_inference.py and p1_tsne.py rebuild the model from them alone.
 
 Recipes (recipes.py): `--recipe report`, the default, is the report's code: AdamW 3e-4 with
@@ -56,7 +57,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import cli
-import data
 import distributed
 import errors
 import p1_common
@@ -98,7 +98,8 @@ def get_args_parser():
     parser.add_argument("--num-classes", default=65, type=int, help="Office-Home has 65")
 
     train = parser.add_argument_group("training")
-    train.add_argument("--epochs", default=100, type=int, help="the report's t-SNE is at 100")
+    train.add_argument("--epochs", default=100, type=int,
+                       help="training epochs (the report's recipe: 300)")
     train.add_argument("--batch-size", default=64, type=int, help="images per step")
     train.add_argument("--image-size", default=128, type=int, help="side the network sees")
     train.add_argument("--bank-size", default=144, type=int,
@@ -114,8 +115,9 @@ def get_args_parser():
                        "weight decay is an L2 term in the gradient")
     train.add_argument("--lr", default=1e-3, type=float, help="learning rate of the head")
     train.add_argument("--backbone-lr-scale", default=None, type=float,
-                       help="backbone lr = lr x this; default 1.0 for A (nothing to keep), "
-                       "0.1 for B and C (keep the pre-trained features); unused for D, E")
+                       help="backbone lr = lr x this (both recipes: 1.0, one lr for the whole "
+                       "model, as the report's code; try 0.1 for B and C to keep more of the "
+                       "pre-trained features); unused for D, E")
     train.add_argument("--weight-decay", default=0.01, type=float,
                        help="decoupled (AdamW); conv/linear weights only, unless --decay-all")
     train.add_argument("--decay-all", action=cli.BooleanFlag, default=False,
@@ -136,6 +138,7 @@ def get_args_parser():
                        help="linear lr warm-up before the schedule")
     train.add_argument("--label-smoothing", default=0.1, type=float,
                        help="of the cross-entropy loss")
+    training.add_drop_last_arg(train)
 
     run = parser.add_argument_group("run")
     run.add_argument("--resume", action="store_true", help="continue from SETTING/last.pth")
@@ -146,6 +149,9 @@ def get_args_parser():
     run.add_argument("--cache-dir", default=None, type=Path,
                      help="keep decoded image banks here (re-decoded when files change)")
     run.add_argument("--eval-batch-size", default=256, type=int, help="for validation")
+    run.add_argument("--keep-epochs", default="1,100", type=str,
+                     help="epochs whose model is kept as epoch_XXX.pth, for p1_tsne.py (the "
+                     "report's t-SNE panels: epochs 1 and 100); one past --epochs keeps the last")
     return parser
 
 
@@ -190,8 +196,10 @@ def evaluate(model, bank, labels, args, device):
 # training
 # ---------------------------------------------------------------------------------------------
 AUGMENTS = {  # --aug: keyword arguments of augment.ClassificationAugment (size and scale aside)
-    # Resize(128,128) is the bank; RRC(128), flip, Rot(15), RandomCrop(128, pad 4), CJ(0.2 x 4)
-    "report": dict(jitter=(0.2, 0.2, 0.2, 0.2), p_jitter=1.0, degrees=15.0, translate=4 / 128),
+    # Resize(128,128) is the bank; RRC(128), flip, Rot(15), RandomCrop(128, pad 4), CJ(0.2 x 4),
+    # step by step as torchvision runs them (exact)
+    "report": dict(jitter=(0.2, 0.2, 0.2, 0.2), p_jitter=1.0, degrees=15.0, translate=4 / 128,
+                   exact=True),
     # SimCLR's list: RRC, flip, CJ(0.8, 0.8, 0.8, 0.2) p 0.8, grayscale 0.2, blur p 0.5
     "simclr": dict(jitter=(0.8, 0.8, 0.8, 0.2), p_jitter=0.8, p_gray=0.2, p_blur=0.5),
     "light": dict(jitter=(0.2, 0.2, 0.2, 0.05), p_jitter=0.8),
@@ -238,10 +246,9 @@ def train_one_epoch(model, optimizer, scheduler, train, args, device, epoch, sto
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     order, augment.generator = distributed.epoch_generators(args.seed, epoch, bank.device)
-    batches = data.index_batches(len(bank), distributed.shard_batch(args.batch_size),
-                                 generator=order, device=bank.device, rank=distributed.rank(),
-                                 world_size=distributed.world_size())
-    for idx in tqdm(batches, total=len(bank) // args.batch_size, leave=False,
+    batches = training.train_batches(len(bank), args.batch_size, args, order, bank.device)
+    for idx in tqdm(batches, total=training.steps_per_epoch(len(bank), args.batch_size, args),
+                    leave=False,
                     desc=f"{args.setting} epoch {epoch}",
                     disable=not distributed.is_main_process()):
         x = augment(bank.batch(idx)).to(device).contiguous(memory_format=fmt)  # (B, 3, S, S)
@@ -273,6 +280,18 @@ def backbone_source(args):
     if not Path(path).is_file():
         raise errors.UserError(f"{flag} {path} does not exist")
     return Path(path)
+
+
+def kept_epochs(text, epochs):
+    """'1,100' -> {1, 100}; an epoch past `epochs` is the last one; a bad entry is one line."""
+    try:
+        wanted = [int(e) for e in text.split(",") if e.strip()]
+    except ValueError:
+        wanted = [0]
+    if any(e < 1 for e in wanted):
+        raise errors.UserError(f"--keep-epochs {text!r} must be epochs (1, 2, ...) separated by "
+                               "commas, e.g. 1,100")
+    return {min(e, epochs) for e in wanted}
 
 
 def parse_unfreeze(text):
@@ -318,7 +337,7 @@ def run_setting(args, banks=None):
     `banks`: a dict that keeps the decoded splits between settings (--setting all)."""
     # this rank's device under torchrun
     device = distributed.init_distributed(utils.get_device(args.device))
-    utils.setup_precision(device)
+    utils.setup_precision(device, args.amp)
     utils.seed_everything(args.seed, args.deterministic)
     out = distributed.on_main_process(training.prepare_output_dir,
                                       args.output_dir / args.setting, args, args.resume,
@@ -351,7 +370,7 @@ def run_setting(args, banks=None):
         utils.load_resnet_weights(model, source)
     model.to(device, memory_format=utils.memory_format(device))
     optimizer = build_optimizer(model, args)
-    steps_per_epoch = len(train_bank) // args.batch_size
+    steps_per_epoch = training.steps_per_epoch(len(train_bank), args.batch_size, args)
     scheduler = training.make_lr_scheduler(optimizer, args.schedule, args.epochs * steps_per_epoch,
                                         round(args.warmup_epochs * steps_per_epoch))
     training.print_run_header(args, device, args.batch_size, args.lr)
@@ -360,6 +379,7 @@ def run_setting(args, banks=None):
     ckpts = training.Checkpoints(out, args, "p1_classifier", model, optimizer, scheduler,
                                  "val_acc")
     start_epoch = ckpts.resume() if args.resume else 1
+    kept = kept_epochs(args.keep_epochs, args.epochs)
     if args.compile:
         model.compile()
     # DistributedDataParallel under torchrun (validation uses the plain model)
@@ -382,7 +402,7 @@ def run_setting(args, banks=None):
                       "val_acc": evaluate(model, val_bank, val_y, args, device),
                       "lr": optimizer.param_groups[0]["lr"],
                       "images_per_s": stats["images"] / seconds, "seconds": seconds}
-            ckpts.end_epoch(epoch, record, keep=epoch == 1)  # epoch_001.pth: the t-SNE's first
+            ckpts.end_epoch(epoch, record, keep=epoch in kept)  # the t-SNE's panels
             if distributed.is_main_process():
                 print(f"[{args.setting}] epoch {epoch}/{args.epochs} loss "
                       f"{record['train_loss']:.4f} train acc {record['train_acc']:.4f} val acc "

@@ -97,7 +97,7 @@ def write_predictions(path, rows):
 
 def main(args):
     device = utils.get_device(args.device)
-    utils.setup_precision(device)
+    utils.setup_precision(device, args.amp)
     # the inputs and the output first: a mistake there costs no model loading
     rows = data.read_office_csv(args.csv, require_labels=False, duplicates="warn")
     if not args.image_dir.is_dir():

@@ -3,9 +3,11 @@
 A torchvision resnet50(weights=None) is wrapped in byol-pytorch's BYOL (hidden layer `avgpool`,
 simplicial embeddings off). `--recipe report` (the default, recipes.py) is the report's run:
 AdamW lr 1e-3 with weight decay 0.01 on every parameter, batch 256, 300 epochs at a constant
-lr, 128 px, the report's augmentation list per sample (RandomResizedCrop(128) scale 0.08-1,
-horizontal flip, ColorJitter(0.2, 0.2, 0.2, 0.2) always, ImageNet normalisation) and then, as
-its code did, byol-pytorch's default augmentation drawn once per batch on top. `--recipe
+lr, fp32, 128 px, and its views: the report's augmentation list (RandomResizedCrop(128) scale
+0.08-1, horizontal flip, ColorJitter(0.2, 0.2, 0.2, 0.2) always, ImageNet normalisation) drawn
+once per image, so that both views share it, then byol-pytorch's default augmentation drawn
+once per batch for each view on top, as its code did (its Dataset ran the list, BYOL.forward
+made both views from that one tensor). `--recipe
 strong`: 1000 epochs of batch 512, Adam 1e-4 with warm-up and cosine, the BYOL paper's
 asymmetric views and an EMA decay rising to 1 (`--target simsiam` for a stop-gradient target).
 Images live in one uint8 bank on the training device and each view is augmented per sample
@@ -76,7 +78,10 @@ from p1_common import load_office, run_batches
 BYOL_JITTER = dict(jitter=(0.4, 0.4, 0.2, 0.1), p_jitter=0.8, p_gray=0.2)
 VIEWS = {  # --aug: keyword arguments of augment.ClassificationAugment for view 1 and view 2
     "report": ({}, {}),  # ClassificationAugment's defaults are the report's list
-    "report+lib": ({}, {}),  # the same, then byol-pytorch's default augmentation (lib_augment)
+    # the report's list drawn ONCE per image for both views (SharedDraw), its ColorJitter in a
+    # random order per image (exact), then byol-pytorch's default augmentation (lib_augment)
+    # drawn per batch for each view
+    "report+lib": ({"exact": True}, {"exact": True}),
     "byol": ({**BYOL_JITTER, "p_blur": 1.0, "p_solarize": 0.0},  # BYOL paper, table 6
              {**BYOL_JITTER, "p_blur": 0.1, "p_solarize": 0.2}),
 }
@@ -100,8 +105,8 @@ def get_args_parser():
                        help="images per step (each seen in two views)")
     train.add_argument("--image-size", default=128, type=int, help="side of each view")
     train.add_argument("--bank-size", default=None, type=int,
-                       help="resize images to this square side when loading (default: keep "
-                       "the native size; mini images are all 84x84)")
+                       help="resize images to this square side when loading (both recipes: 128, "
+                       "the report's Resize((128, 128)); unset: the native size, 84x84 for mini)")
     train.add_argument("--lr", default=1e-3, type=float,
                        help="AdamW learning rate (report 1e-3; long public runs used ~3e-4)")
     train.add_argument("--weight-decay", default=0.01, type=float,
@@ -114,9 +119,11 @@ def get_args_parser():
     train.add_argument("--warmup-epochs", default=0, type=float,
                        help="linear lr warm-up; 10 is typical with --schedule cosine")
     train.add_argument("--aug", default="report", choices=list(VIEWS),
-                       help="report: the report's list for both views, per sample; "
-                       "report+lib: the same, then byol-pytorch's default augmentation drawn once "
-                       "per batch on top (what the report's code did); byol: the BYOL paper's "
+                       help="report: the report's list drawn independently for each view, per "
+                       "sample; report+lib: what the report's code did: the list drawn once per "
+                       "image (both views share its crop, flip and jitter), then byol-pytorch's "
+                       "default augmentation drawn once per batch for each view; byol: the BYOL "
+                       "paper's "
                        "asymmetric views (blur 1.0/0.1, solarize 0/0.2, jitter 0.4,0.4,0.2,0.1 "
                        "p=0.8, grayscale 0.2)")
     train.add_argument("--target", default="ema", choices=["ema", "simsiam"],
@@ -131,6 +138,7 @@ def get_args_parser():
                        help="BYOL projector/predictor output (byol-pytorch default)")
     train.add_argument("--projection-hidden-size", default=4096, type=int,
                        help="hidden width of projector and predictor (byol-pytorch default)")
+    training.add_drop_last_arg(train)
     train.add_argument("--export", default="best", choices=["best", "last"],
                        help="backbone.pth from the lowest-loss epoch (report) or the last one")
     train.add_argument("--holdout", default=0.0, type=float,
@@ -172,6 +180,27 @@ def mini_paths(args):
     return paths
 
 
+class SharedDraw:
+    """One per-sample augmentation drawn once for both views of a batch: the report's Dataset ran
+    its list once per image, and byol-pytorch's BYOL.forward made both views from that one tensor
+    (augment1(x), augment2(x) on the same x). The first view to see a batch draws; the second
+    gets the same tensor. `generator` and `shard` are the wrapped augmentation's."""
+
+    def __init__(self, augment):
+        self.augment = augment
+        self._last = (None, None)  # (input batch, its augmentation)
+
+    def __call__(self, x):
+        if self._last[0] is not x:
+            self._last = (x, self.augment(x))
+        return self._last[1]
+
+    generator = property(lambda self: self.augment.generator,
+                         lambda self, value: setattr(self.augment, "generator", value))
+    shard = property(lambda self: self.augment.shard,
+                     lambda self, value: setattr(self.augment, "shard", value))
+
+
 class View:
     """One BYOL view: per-sample augmentation of a uint8 batch (B, 3, H, W) on its device, in fp32
     even inside the bf16 autocast of the step, returned in the model's memory format."""
@@ -204,14 +233,15 @@ def lib_augment(image_size):
 
 
 def build_views(aug, image_size, device):
+    """The two views of --aug; with report+lib both start from one SharedDraw."""
     fmt = utils.memory_format(device)
-    views = []
-    for kw in VIEWS[aug]:
-        view = View(augment.ClassificationAugment(image_size, **kw), fmt)
-        if aug == "report+lib":
+    if aug == "report+lib":
+        shared = SharedDraw(augment.ClassificationAugment(image_size, **VIEWS[aug][0]))
+        views = [View(shared, fmt), View(shared, fmt)]
+        for view in views:
             view.then = lib_augment(image_size)
-        views.append(view)
-    return tuple(views)
+        return tuple(views)
+    return tuple(View(augment.ClassificationAugment(image_size, **kw), fmt) for kw in VIEWS[aug])
 
 
 @contextlib.contextmanager
@@ -301,9 +331,7 @@ def train_one_epoch(model, optimizer, scheduler, train, args, device, epoch, sto
     order, views_rng = distributed.epoch_generators(args.seed, epoch, device)  # replayable
     for view in views:
         view.augment.generator = views_rng
-    batches = data.index_batches(len(bank), distributed.shard_batch(args.batch_size),
-                                 generator=order, device=bank.device, rank=distributed.rank(),
-                                 world_size=distributed.world_size())
+    batches = training.train_batches(len(bank), args.batch_size, args, order, bank.device)
     loss_sum = torch.zeros((), device=device)  # summed on the device, synced once an epoch
     bar = tqdm(batches, total=steps_per_epoch, leave=False, desc=f"epoch {epoch}",
                disable=not distributed.is_main_process())
@@ -393,7 +421,7 @@ def main(args):
     # this rank's device under torchrun
     device = distributed.init_distributed(utils.get_device(args.device))
     distributed.shard_batch(args.batch_size)  # the global --batch-size must split over ranks
-    utils.setup_precision(device)
+    utils.setup_precision(device, args.amp)
     utils.seed_everything(args.seed, args.deterministic)
     out = distributed.on_main_process(training.prepare_output_dir, args.output_dir, args,
                                       args.resume, args.overwrite)
@@ -411,7 +439,7 @@ def main(args):
         bank = data.ImageBank(bank.images[kept.to(bank.device)])
     if len(bank) < args.batch_size:
         raise errors.UserError(f"{len(bank)} images for --batch-size {args.batch_size}; lower it")
-    steps_per_epoch = len(bank) // args.batch_size
+    steps_per_epoch = training.steps_per_epoch(len(bank), args.batch_size, args)
     total_steps = args.epochs * steps_per_epoch
     banks = None
     if args.knn_every and distributed.is_main_process():  # rank 0 alone probes and logs
@@ -448,7 +476,8 @@ def main(args):
                                     stop)
             seconds = time.perf_counter() - t0
             record = {"epoch": epoch, **stats, "lr": optimizer.param_groups[0]["lr"],
-                      "images_per_s": steps_per_epoch * args.batch_size / seconds,
+                      "images_per_s": min(len(bank), steps_per_epoch * args.batch_size)
+                                      / seconds,
                       "seconds": seconds}
             if holdout is not None:
                 record["holdout_loss"] = holdout_loss(model, holdout, args, device)

@@ -56,7 +56,14 @@ def bilinear_upsampler(num_classes, stride=STRIDE):
 
 
 class FCN32s(nn.Module):
-    def __init__(self, num_classes=NUM_CLASSES, upscore_init="bilinear"):
+    """VGG16-FCN32s. fc_init="vgg": fc6/fc7 N(0, 0.01) until load_vgg16 copies VGG16's classifier
+    into them, and a zero score layer (the FCN paper); "fresh": fc6, fc7 and the score layer at
+    PyTorch's own initialisation (the report's code). upscore_init="bilinear": the up-sampling
+    starts as a bilinear kernel and is centred on each 32 x 32 block (`upsample`); "random": the
+    report's code, ConvTranspose2d(7, 7, 64, stride 32, padding 16, bias False) at PyTorch's
+    initialisation, straight on the score map."""
+
+    def __init__(self, num_classes=NUM_CLASSES, upscore_init="bilinear", fc_init="vgg"):
         super().__init__()
         self.features = make_layers(cfgs["D"])  # VGG16 conv1_1 .. pool5, stride 32
         # fc6/fc7 hold 119M of the 134M weights: built without PyTorch's default init, which
@@ -68,19 +75,26 @@ class FCN32s(nn.Module):
         self.fc7 = nn.utils.skip_init(nn.Conv2d, 4096, 4096, 1, device=device)
         self.drop = nn.Dropout2d(0.5)
         self.score = nn.Conv2d(4096, num_classes, 1)
-        self.upscore = bilinear_upsampler(num_classes)
+        self.upscore_init = upscore_init
+        if upscore_init == "random":
+            self.upscore = nn.ConvTranspose2d(num_classes, num_classes, 2 * STRIDE, stride=STRIDE,
+                                              padding=STRIDE // 2, bias=False)
+        else:
+            self.upscore = bilinear_upsampler(num_classes)
         # torchvision's VGG initialisation for a random start (--no-pretrained)
         for m in self.features.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
-        for m in (self.fc6, self.fc7):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
-        nn.init.zeros_(self.score.weight)
-        nn.init.zeros_(self.score.bias)
-        if upscore_init == "random":  # the report's code: ConvTranspose2d's own init
-            self.upscore.reset_parameters()
+        if fc_init == "fresh":  # PyTorch's default initialisation, as the report's code
+            for m in (self.fc6, self.fc7):
+                m.reset_parameters()
+        else:
+            for m in (self.fc6, self.fc7):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+            nn.init.zeros_(self.score.weight)
+            nn.init.zeros_(self.score.bias)
 
     def forward(self, x):
         h, w = x.shape[-2:]
@@ -102,7 +116,10 @@ class FCN32s(nn.Module):
         return out.view(b, -1, h, w) + self.fc6.bias.view(1, -1, 1, 1)
 
     def upsample(self, score, h, w):
-        """(B, 7, h', w') scores, one per 32 x 32 block -> (B, 7, h, w), block-centred."""
+        """(B, 7, h', w') scores, one per 32 x 32 block -> (B, 7, h, w), block-centred; the
+        report's layer (upscore_init="random") runs straight on the map: (B, 7, 32 h', 32 w')."""
+        if self.upscore_init == "random":
+            return self.upscore(score)[:, :, :h, :w]
         s = F.pad(score, (1, 1, 1, 1), mode="replicate")     # (B, 7, h' + 2, w' + 2)
         up = self.upscore(s)                                  # (B, 7, 32 h' + 96, 32 w' + 96)
         # padded cell j has its bilinear peak at 32 j + 31.5, i.e. input cell i = j - 1 at
@@ -131,7 +148,8 @@ def build_fcn32s(cfg, load_pretrained=True):
     if load_pretrained and cfg.get("pretrained", True):
         with pretrained_download("ImageNet VGG16"):  # fetched first: fails before the build
             state = VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True)
-    model = FCN32s(NUM_CLASSES, upscore_init=cfg.get("upscore_init", "bilinear"))
+    model = FCN32s(NUM_CLASSES, upscore_init=cfg.get("upscore_init", "bilinear"),
+                   fc_init=cfg.get("fc_init", "vgg"))
     if state is not None:
         model.load_vgg16(state, fc=cfg.get("fc_init", "vgg") == "vgg")
     return model

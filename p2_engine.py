@@ -119,6 +119,7 @@ def add_common_args(parser):
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=100, help="training epochs (passes over train/)")
     g.add_argument("--batch-size", type=int, default=8, help="training images per step")
+    training.add_drop_last_arg(g)
     g.add_argument("--eval-batch-size", "--val-batch-size", type=int, default=16,
                    help="validation images per forward, at full resolution")
     g.add_argument("--image-size", type=int, default=512,
@@ -130,11 +131,16 @@ def add_common_args(parser):
     g.add_argument("--augment", action=cli.BooleanFlag, default=True,
                    help="the augmentations below, image and mask jointly (--no-augment: none)")
     g.add_argument("--rot90", type=float, default=0.75,
-                   help="probability of a quarter turn (k uniform in 1..3)")
+                   help="probability of a quarter turn, 90, 180 or 270 degrees alike (the "
+                        "report's code turns by one of 0/90/180/270 with p 0.5: 0.375)")
     g.add_argument("--rotate", type=float, default=0.0,
                    help="random rotation in [-DEG, DEG]; uncovered corners are black / Unknown")
     g.add_argument("--color", type=float, default=0.0,
                    help="with p 0.5, brightness/contrast/saturation factors in [1-C, 1+C]")
+    g.add_argument("--exact-aug", action=cli.BooleanFlag, default=False,
+                   help="the report's code exactly: whole-degree rotation angles and the image "
+                        "rotated by nearest neighbour (slower on a GPU: the recipes' report "
+                        "turns it on, strong keeps the fast bilinear path)")
     g.add_argument("--optimizer", choices=["sgd", "adamw", "adam"], default="sgd",
                    help="fused on CUDA; adam's weight decay is an L2 term in the gradient")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (after warm-up)")
@@ -150,16 +156,21 @@ def add_common_args(parser):
                    help="clip the gradient's global norm to this (0: off)")
     g.add_argument("--schedule", choices=["poly", "cosine", "constant", "plateau"], default="poly",
                    help="per-step decay after warm-up: poly (1-t)^0.9 or half a cosine, to 0; "
-                        "constant; plateau: x0.5 after 5 epochs without a new best val mIoU")
+                        "constant; plateau: x0.5 once 6 epochs in a row bring no new best val "
+                        "mIoU (ReduceLROnPlateau: patience 5, relative threshold 1e-4)")
     g.add_argument("--warmup-epochs", type=float, default=1.0,
                    help="linear warm-up from lr/warmup_steps to lr over this many epochs")
     g.add_argument("--loss", choices=["ce", "weighted-ce", "focal", "weighted-focal"], default="ce",
                    help="weighted-*: median-frequency class weights from the train masks "
-                        "(lifts rare classes such as Rangeland); focal: (1-p)^gamma * CE")
+                        "(lifts rare classes such as Rangeland); focal: (1 - exp(-ce))^gamma * "
+                        "ce with ce the class-weighted cross-entropy of each pixel, averaged "
+                        "over the pixels (the report's code; without weights the usual focal "
+                        "loss)")
     g.add_argument("--focal-gamma", type=float, default=2.0,
                    help="focusing exponent of the focal losses")
     g.add_argument("--focal-alpha", type=float, default=1.0,
-                   help="a constant factor of the focal loss (0.25 in RetinaNet's focal loss)")
+                   help="a constant factor of the whole focal loss, the same for every class "
+                        "(Bob08082002's run: 0.25); per-class factors are --class-weights")
     g.add_argument("--class-weights", type=str, default="",
                    help="fixed per-class loss weights W0,...,W6 (e.g. 1,1,5,1,1,1,2 lifts "
                         "Rangeland); empty: none, or median frequency with --loss weighted-*")
@@ -214,22 +225,29 @@ def median_frequency_weights(masks, num_classes=NUM_CLASSES, scored=SCORED_CLASS
 
 
 def segmentation_loss(logits, target, weight=None, gamma=0.0):
-    """Pixel-wise (focal) cross-entropy; gamma=0 is plain CE, identical to F.cross_entropy.
+    """Pixel-wise cross-entropy (gamma=0) or focal loss (gamma > 0), computed in fp32.
 
-    logits (B, C, H, W) any dtype (computed in fp32), target (B, H, W) int64. With class weights
-    the mean is weighted like F.cross_entropy's: sum(w_t * l) / sum(w_t), the sum of the weights
-    taken over the global batch under torchrun.
+    logits (B, C, H, W) any dtype, target (B, H, W) int64, weight (C,) on the logits' device.
+    Cross-entropy is F.cross_entropy's: with class weights a weighted mean, sum(w_t * l) /
+    sum(w_t), the sum of the weights taken over the global batch under torchrun. Focal loss is
+    the report's code (stann37 p2_DeepLab.py): ce = w_t * (-log p_t) (F.cross_entropy with
+    weight=, reduction="none"), pt = exp(-ce), mean of (1 - pt)^gamma * ce over every pixel;
+    the class weight sits inside pt, and the mean is not divided by the weights. Without class
+    weights that is the usual focal loss, (1 - p_t)^gamma * (-log p_t).
     """
     logp = F.log_softmax(logits.float(), dim=1)                      # (B, C, H, W)
-    logp_t = logp.gather(1, target.unsqueeze(1)).squeeze(1)          # (B, H, W)
-    loss = -logp_t if gamma == 0 else -((1 - logp_t.exp()).clamp(min=0) ** gamma) * logp_t
+    ce = -logp.gather(1, target.unsqueeze(1)).squeeze(1)             # (B, H, W)
+    if gamma > 0:
+        if weight is not None:
+            ce = ce * weight[target]
+        return ((1 - torch.exp(-ce)).clamp(min=0) ** gamma * ce).mean()
     if weight is None:
-        return loss.mean()
-    w = weight.to(loss.device)[target]                               # (B, H, W)
+        return ce.mean()
+    w = weight[target]                                               # (B, H, W)
     total = w.sum()
     if world_size() > 1:  # the global batch's weighted mean once DDP averages the gradients:
         total = all_reduce(total.detach().clone(), mean=True)  # each rank divides by W / ranks
-    return (loss * w).sum() / total.clamp(min=1e-12)
+    return (ce * w).sum() / total.clamp(min=1e-12)
 
 
 def parse_floats(text, n, flag):
@@ -245,13 +263,16 @@ def parse_floats(text, n, flag):
     return values
 
 
-def make_criterion(args, class_weight=None):
+def make_criterion(args, class_weight=None, device="cpu"):
     """loss(model output, target): main head, plus --aux-weight x the aux head when present.
-    Class weights: --class-weights when given, else `class_weight` for --loss weighted-*."""
+    Class weights: --class-weights when given, else `class_weight` for --loss weighted-*; they
+    are put on `device` here, once, so that no step copies them (a host sync on a GPU)."""
     gamma = args.focal_gamma if args.loss.endswith("focal") else 0.0
     fixed = parse_floats(getattr(args, "class_weights", ""), NUM_CLASSES, "--class-weights")
     weight = (torch.tensor(fixed) if fixed else
               class_weight if args.loss.startswith("weighted") else None)
+    if weight is not None:
+        weight = weight.to(device)
     alpha = getattr(args, "focal_alpha", 1.0) if gamma else 1.0
     aux_weight = getattr(args, "aux_weight", 0.0)
 
@@ -352,7 +373,7 @@ def build_augment(args):
     augment = SegmentationAugment(size=args.image_size, min_scale=args.min_scale if on else 1.0,
                                   p_flip=0.5 if on else 0.0, p_rot90=args.rot90 if on else 0.0,
                                   degrees=args.rotate if on else 0.0,
-                                  color=args.color if on else 0.0)
+                                  color=args.color if on else 0.0, exact=args.exact_aug)
     augment.shard = (rank(), world_size())
     return augment
 
@@ -381,12 +402,11 @@ def train_one_epoch(model, optimizer, scheduler, train, args, device, epoch, sto
     each rank takes its share of the global --batch-size."""
     images, masks, augment, criterion = train
     model.train()
-    batch_size = shard_batch(min(args.batch_size, len(images)))  # this rank's share
+    batch_size = min(args.batch_size, len(images))  # the global batch
     order, augment.generator = epoch_generators(args.seed, epoch, images.device)
-    steps = len(images) // (batch_size * world_size())
+    steps = training.steps_per_epoch(len(images), batch_size, args)
     total = torch.zeros((), device=device)
-    batches = index_batches(len(images), batch_size, generator=order, device=images.device,
-                            rank=rank(), world_size=world_size())
+    batches = training.train_batches(len(images), batch_size, args, order, images.device)
     bar = tqdm(batches, total=steps, desc=f"epoch {epoch}/{args.epochs}", leave=False,
                dynamic_ncols=True, disable=not is_main_process())
     for step, idx in enumerate(bar, 1):
@@ -412,7 +432,7 @@ def train(args, build_model=p2_common.build_model):
     (tests pass their own factory).
     """
     device = init_distributed(get_device(args.device))  # this rank's device under torchrun
-    setup_precision(device)
+    setup_precision(device, args.amp)
     seed_everything(args.seed, getattr(args, "deterministic", False))
     if args.output_dir is None:
         args.output_dir = Path("runs") / f"p2_{args.model_name}"
@@ -437,7 +457,7 @@ def train(args, build_model=p2_common.build_model):
         raise UserError(f"{data_dir / 'train'} gives batches of {batch_size} image(s); BatchNorm "
                         "needs at least 2 (raise --max-train or --batch-size)")
     rank_batch = shard_batch(batch_size)  # under torchrun batch_size is the global batch
-    steps_per_epoch = len(train_ids) // batch_size
+    steps_per_epoch = training.steps_per_epoch(len(train_ids), batch_size, args)
     missing = [i for i in args.snapshot_ids if i not in val_ids]
     if missing:
         print(f"snapshot ids {', '.join(missing)} are not in the validation set; skipped")
@@ -452,7 +472,7 @@ def train(args, build_model=p2_common.build_model):
         class_weight = median_frequency_weights(train_y.images).to(device)
         print("class weights (median frequency): " + ", ".join(
             f"{CLASS_NAMES[c]} {w:.3f}" for c, w in enumerate(class_weight.tolist())))
-    criterion = make_criterion(args, class_weight)
+    criterion = make_criterion(args, class_weight, device)
 
     # ---- model, optimizer, schedule ------------------------------------------------------------
     model = build_model(vars(args), load_pretrained=not resuming)  # resume: no download
@@ -493,7 +513,8 @@ def train(args, build_model=p2_common.build_model):
                       "val_miou": None if math.isnan(miou) else round(miou, 6),
                       "val_pixel_acc": round(cm.pixel_accuracy(), 6),
                       "val_iou": cm.per_class(), "lr": scheduler.get_last_lr()[0],
-                      "images_per_s": round(steps_per_epoch * batch_size / train_seconds, 2),
+                      "images_per_s": round(min(len(train_ids), steps_per_epoch * batch_size)
+                                            / train_seconds, 2),
                       "seconds": round(time.perf_counter() - t0, 1)}
             if is_main_process() and snap_ids:  # before last.pth: a resumed run has them all
                 (out / "snapshots").mkdir(exist_ok=True)

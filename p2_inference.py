@@ -86,7 +86,7 @@ def decoded(pool, paths, ahead):
 
 def main(args):
     device = get_device(args.device)
-    setup_precision(device)
+    setup_precision(device, args.amp)
     in_dir, out_dir = Path(args.input_dir), Path(args.output_dir)
     if not in_dir.is_dir():
         raise UserError(f"input folder {in_dir} does not exist; pass the folder of the "

@@ -310,6 +310,17 @@ def load_sam_state_dict(checkpoint, model_type, map_location="cpu"):
     return state
 
 
+def read_image(path):
+    """(H, W, 3) uint8 RGB, read with OpenCV as the report's SAM run read its images (and as
+    SAM's own amg.py does: cv2.imread, then BGR -> RGB); a file OpenCV cannot read (16-bit,
+    CMYK, a palette PNG with alpha...) goes through data.load_rgb, which reads any mode."""
+    import cv2
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.dtype != np.uint8:
+        return np.asarray(data.load_rgb(path))
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
 def build_sam_model(model_type="vit_h", checkpoint=None, device="cpu"):
     """SAM of `model_type` in eval mode on `device`; weights from `checkpoint` (None: random).
 
@@ -747,7 +758,7 @@ def main(args, model=None):
     check_args(args)
     device = utils.get_device(args.device)
     utils.seed_everything(args.seed)
-    utils.setup_precision(device)
+    utils.setup_precision(device, args.amp)
     files = list_inputs(args.input, args.ids)
     pairs = comparison_pairs(files, args.gt_dir, args.pred_dir) if args.gt_dir else {}
     figure_ids = args.figure_ids or args.ids or [image_id(f) for f in files[:3]]
@@ -763,7 +774,7 @@ def main(args, model=None):
     for k, path in enumerate(files, 1):
         i = image_id(path)
         try:
-            image = np.asarray(data.load_rgb(path))  # (H, W, 3) uint8
+            image = read_image(path)  # (H, W, 3) uint8 RGB
         except UserError as e:
             print(f"[{k}/{len(files)}] skipping {path}: {e.message}", file=sys.stderr)
             failed.append(str(path))

@@ -38,11 +38,14 @@ def get_args_parser():
     add_common_args(parser)
     g = parser.add_argument_group("model A")
     g.add_argument("--fc-init", choices=["vgg", "fresh"], default="vgg",
-                   help="fc6/fc7 from VGG16's classifier (the FCN paper) or freshly initialised "
-                        "(the report's code)")
+                   help="vgg: fc6/fc7 from VGG16's classifier and a zero score layer (the FCN "
+                        "paper); fresh: fc6, fc7 and the score layer at PyTorch's default "
+                        "initialisation (the report's code)")
     g.add_argument("--upscore-init", choices=["bilinear", "random"], default="bilinear",
-                   help="the stride-32 up-sampling starts as a bilinear kernel (the FCN paper) "
-                        "or at random (the report's code)")
+                   help="bilinear: the stride-32 up-sampling starts as a bilinear kernel, centred "
+                        "on each 32x32 block (the FCN paper); random: the report's code, "
+                        "ConvTranspose2d(7, 7, 64, stride 32, padding 16) at PyTorch's default "
+                        "initialisation, straight on the score map")
     parser.set_defaults(model_name="fcn32s")
     return parser
 

@@ -152,6 +152,7 @@ VAL=$P2/validation
 # The demo trains at tiny sizes on CPU: ResNet50 at 32 px, both segmentation models at 64/128 px,
 # from random weights (--no-pretrained: no downloads). Model B stays DeepLabV3-ResNet50.
 DATA_ARGS=()
+TSNE_EPOCH=100  # the report's second t-SNE panel (p1_finetune.py --keep-epochs 1,100)
 BYOL_ARGS=()
 FT_ARGS=()
 TSNE_ARGS=()
@@ -165,6 +166,7 @@ case "$SCALE" in
                --seg-train 4 --seg-val 1 --seg-size 64)
     BYOL_ARGS=(--epochs 1 --batch-size 8 --image-size 32 --projection-hidden-size 256)
     FT_ARGS=(--epochs 1 --batch-size 8 --image-size 32 --bank-size 40 --warmup-epochs 0)
+    TSNE_EPOCH=1  # the last epoch
     SEG_ARGS=(--no-pretrained --epochs 1 --batch-size 4 --image-size 64 --workers 2)
     DL_ARGS=(--arch resnet50)  # model B stays ResNet50 in the demo, whatever the recipe
     SAM_ARGS=(--ids 0013 0062 0104)
@@ -180,6 +182,7 @@ case "$SCALE" in
     BYOL_ARGS=(--epochs 6 --batch-size 32 --image-size 32 --projection-hidden-size 1024)
     FT_ARGS=(--epochs 12 --batch-size 32 --image-size 32 --bank-size 40 --lr 1e-3
              --unfreeze 2:layer4,4:all)
+    TSNE_EPOCH=12  # the last epoch
     SEG_ARGS=(--no-pretrained --epochs 8 --batch-size 4 --image-size 128 --workers 2 --lr 1e-3)
     DL_ARGS=(--arch resnet50)
     SAM_ARGS=(--ids 0013 0062 0104)
@@ -336,18 +339,20 @@ step_finetune() {
       fi
     done
   fi
-  for s in A B D E; do  # C keeps epoch_001.pth and last.pth for the t-SNE
-    prune "$RUNS/p1_finetune/$s/last.pth" "$RUNS/p1_finetune/$s/epoch_001.pth"
+  for s in A B D E; do  # C keeps its epoch_XXX.pth for the t-SNE
+    prune "$RUNS/p1_finetune/$s/last.pth" "$RUNS/p1_finetune/$s"/epoch_*.pth
   done
 }
 
-step_tsne() {
-  if up_to_date "$OUT/p1_tsne_C.png" "$RUNS/p1_finetune/C/last.pth"; then
-    skip "$OUT/p1_tsne_C.png is newer than C/last.pth"
+step_tsne() {  # the report's panels: epochs 1 and 100 (the demo's last epoch when it has fewer)
+  local second
+  second=$RUNS/p1_finetune/C/epoch_$(printf %03d "$TSNE_EPOCH").pth
+  if up_to_date "$OUT/p1_tsne_C.png" "$second"; then
+    skip "$OUT/p1_tsne_C.png is newer than $second"
     return
   fi
   run "$PY" p1_tsne.py --first "$RUNS/p1_finetune/C/epoch_001.pth" \
-    --last "$RUNS/p1_finetune/C/last.pth" --data-dir "$P1/office" \
+    --last "$second" --data-dir "$P1/office" \
     --output "$OUT/p1_tsne_C.png" "${TSNE_ARGS[@]}"
 }
 

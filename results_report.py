@@ -40,6 +40,7 @@ import platform
 from pathlib import Path
 
 import cli
+import recipes
 from records import git_sha, read_json, read_jsonl, write_json
 
 ROOT = Path(__file__).resolve().parent
@@ -508,6 +509,22 @@ def machine_line():
     return line
 
 
+def recipe_section(recipe):
+    """The recipe's flags per training script, as reproduce.sh writes them into each command
+    (recipes.flags), and what they reproduce (REPORT_NOTES) or change (WHY)."""
+    lines = ["## The recipe", "",
+             f"`--recipe {recipe}` (recipes.py). Each training command of `reproduce.sh` "
+             "carries these flags, written out; in the demo its smaller sizes follow them and "
+             "win.", "", "| script | flags |", "|---|---|"]
+    lines += [f"| `{script}.py` | `{recipes.shown(recipes.flags(script, recipe))}` |"
+              for script in recipes.RECIPES]
+    notes = recipes.REPORT_NOTES if recipe == "report" else recipes.WHY
+    what = "what the report's code did" if recipe == "report" else "what strong changes, and why"
+    lines += ["", f"In words ({what}):", ""]
+    lines += [f"- `{script}.py`: {notes[script]}" for script in recipes.RECIPES]
+    return lines
+
+
 def write_report(out, runs_dir=None, arch=True, input_size=512):
     """Write OUT/RESULTS.md; returns its text."""
     out = Path(out)
@@ -538,6 +555,7 @@ def write_report(out, runs_dir=None, arch=True, input_size=512):
                   "RUNS/p2_deeplabv3/best.pth` (hw1_1.sh / hw1_2.sh read checkpoints/).", ""]
     lines += p1_section(out, runs) + [""]
     lines += p2_section(out, runs) + [""]
+    lines += recipe_section(info.get("recipe", "report")) + [""]
     lines += learning_section(out, runs, info) + [""]
     lines += sam_section(out, runs, timings) + [""]
     lines += ["## Architectures of models A and B", ""]

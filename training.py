@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 import cli
+import data
 import distributed
 import utils
 from errors import UserError, first_line
@@ -96,6 +97,32 @@ def print_run_header(args, device, batch_size=None, lr=None):
           + (f" | batch {batch_size}" if batch_size is not None else "")
           + (f" | lr {lr:g}" if lr is not None else ""))
     print("args: " + json.dumps({k: _jsonable(v) for k, v in sorted(vars(args).items())}))
+
+
+def steps_per_epoch(n, batch_size, args):
+    """Optimizer steps in one pass over n images (train_batches): the full batches, plus the
+    last partial one with --no-drop-last when it holds 2 images or more."""
+    keep_last = not args.drop_last and distributed.world_size() == 1
+    return n // batch_size + int(keep_last and n % batch_size >= 2)
+
+
+def train_batches(n, batch_size, args, generator, device):
+    """This rank's index batches of one training epoch (data.index_batches): --drop-last or,
+    without it, the last partial batch too (a batch of one image is dropped: BatchNorm cannot
+    train on it). Under torchrun every rank must take the same number of steps, so the last
+    partial batch is always dropped there."""
+    drop_last = args.drop_last or distributed.world_size() > 1
+    return data.index_batches(n, distributed.shard_batch(batch_size), generator=generator,
+                              device=device, drop_last=drop_last, rank=distributed.rank(),
+                              world_size=distributed.world_size(), min_last=2)
+
+
+def add_drop_last_arg(group):
+    group.add_argument("--drop-last", default=True, action=cli.BooleanFlag,
+                       help="drop each epoch's last partial batch; --no-drop-last trains on it "
+                       "too, as a DataLoader's default (the report's code) does (not under "
+                       "torchrun, and never a last batch of one image: BatchNorm needs two)")
+    return group
 
 
 def check_finite(loss_value, epoch, step):

@@ -62,11 +62,13 @@ TUNING = {
 }
 
 
-def setup_precision(device):
-    """Global fast-math switches, set once per run. TF32 only matters for the fp32 leftovers."""
+def setup_precision(device, amp=True):
+    """Global CUDA switches, set once per run. With `amp` (the bf16 fast path) TF32 takes the
+    fp32 leftovers; without it (an fp32 run, as the report's code ran) PyTorch's own defaults
+    stand: TF32 off for matmuls, on for cuDNN convolutions."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = TUNING["cudnn_benchmark"]
-        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = bool(amp)
         torch.backends.cudnn.allow_tf32 = True
 
 

@@ -9,6 +9,7 @@ the mask: wherever the augmented image shows a class's colour exactly, the augme
 that class.
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -309,3 +310,34 @@ def test_colour_factors_are_drawn_per_sample_and_leave_the_mask():
         values = [f[k] for f in factors]
         assert all(0.9 - 1e-3 < v < 1.1 + 1e-3 for v in values), (name, values)
         assert len({round(v, 4) for v in values}) == len(values), (name, values)
+
+
+def test_exact_report_steps_rotate_by_nearest_and_shift_by_whole_pixels():
+    """ClassificationAugment(exact=True), the report's torchvision steps: RandomRotation
+    samples (nearest neighbour: every output value is an input value, or the black fill), and
+    RandomCrop(padding=4, reflect) moves each image by its own whole-pixel offset in -4..4,
+    the border reflected (numpy's "reflect", as torch's)."""
+    x, out = classify(degrees=15.0, exact=True)
+    values = set((x[0] * 255).round().flatten().tolist()) | {0.0}
+    assert set((out * 255).round().flatten().tolist()) <= values
+    assert distinct(out) == B
+    x, out = classify(translate=4 / 32, exact=True)
+    padded = np.pad(x[0].numpy(), ((0, 0), (4, 4), (4, 4)), mode="reflect")
+    offsets = []
+    for o in out.numpy():
+        match = [(dy, dx) for dy in range(9) for dx in range(9)
+                 if np.allclose(o, padded[:, dy:dy + 32, dx:dx + 32], atol=1e-5)]
+        assert len(match) == 1, "not a whole-pixel shift of the reflect-padded image"
+        offsets.append(match[0])
+    assert len(set(offsets)) >= B // 2  # each image its own offset
+
+
+def test_exact_segmentation_rotation_resamples_by_nearest():
+    """SegmentationAugment(exact=True), the report's FCN32s code: TF.rotate's nearest
+    neighbour for the image, whole-degree angles; the mask still follows the image."""
+    x, m, out, out_mask = segment(degrees=30.0, exact=True)
+    colours = {tuple(c) for c in (COLOURS * 255).round().tolist()}
+    pixels = {tuple(p) for p in (out.permute(0, 2, 3, 1) * 255).round().reshape(-1, 3).tolist()}
+    assert pixels <= colours  # no blend of two blocks anywhere
+    assert distinct(out) >= B // 2  # 61 whole angles: two images may draw the same one
+    assert_mask_follows_image(out, out_mask, min_share=0.99)

@@ -131,7 +131,7 @@ def test_finetune_and_segmentation_steps_never_sync(tmp_path, samples_dir):
     net.to(DEVICE, memory_format=utils.memory_format(DEVICE))
     seg_opt = p2_engine.make_optimizer(net, seg_args, DEVICE)
     seg_sched = training.make_lr_scheduler(seg_opt, seg_args.schedule, 100)
-    criterion = p2_engine.make_criterion(seg_args)
+    criterion = p2_engine.make_criterion(seg_args, device=DEVICE)
     seg_augment = p2_engine.build_augment(seg_args)
     shrink_pairs(samples_dir, tmp_path, 96)
     _, images, masks = p2_engine.load_split(tmp_path)

@@ -311,11 +311,11 @@ def test_byol_knn_probe_and_a_head_on_the_frozen_backbone(data, byol_run, tmp_pa
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     feats, labels = [], []
-    for split in ("train", "val"):  # the probe's view: the whole image at 32 px, bicubic
+    for split in ("train", "val"):  # the probe's view: the whole image at 32 px, bilinear
         with open(data / "office" / f"{split}.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         x = np.stack([np.asarray(Image.open(data / "office" / split / r["filename"])
-                                 .convert("RGB").resize((32, 32), Image.BICUBIC)) for r in rows])
+                                 .convert("RGB").resize((32, 32), Image.BILINEAR)) for r in rows])
         with torch.no_grad():
             x = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255  # (N, 3, 32, 32)
             feats.append(net.eval()((x - mean) / std))
@@ -398,9 +398,9 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
 
 def preprocess(path, bank_size, image_size):
-    """The evaluation view, written out: RGB, squashed to bank_size (PIL bicubic), then to
+    """The evaluation view, written out: RGB, squashed to bank_size (PIL bilinear), then to
     image_size (antialiased bilinear) when they differ, ImageNet normalisation -> (3, S, S)."""
-    image = Image.open(path).convert("RGB").resize((bank_size, bank_size), Image.BICUBIC)
+    image = Image.open(path).convert("RGB").resize((bank_size, bank_size), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
     if image_size != bank_size:
         x = torch.nn.functional.interpolate(x[None], size=image_size, mode="bilinear",

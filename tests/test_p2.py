@@ -142,6 +142,25 @@ def test_fcn32s_imagenet_init_reshapes_vgg16_classifier(monkeypatch):
     assert model.score.weight.abs().max() == 0  # zero-initialised score layer, as in FCN
 
 
+def test_fcn32s_report_upsampling_is_the_reports_layer():
+    """--upscore-init random: the report's ConvTranspose2d(7, 7, 64, stride 32, padding 16,
+    bias False), straight on the score map; the same weights in a plain layer give the same
+    (B, 7, 512, 512) output from a 16 x 16 map, and other sizes are its top-left crop."""
+    torch.manual_seed(0)
+    model = p2_common.build_fcn32s({"pretrained": False, "upscore_init": "random",
+                                    "fc_init": "fresh"})
+    ref = torch.nn.ConvTranspose2d(7, 7, 64, stride=32, padding=16, bias=False)
+    ref.load_state_dict(model.upscore.state_dict())
+    score = torch.randn(2, 7, 16, 16)
+    with torch.no_grad():
+        want = ref(score)
+        assert want.shape == (2, 7, 512, 512)
+        torch.testing.assert_close(model.upsample(score, 512, 512), want, rtol=0, atol=0)
+        torch.testing.assert_close(model.upsample(score, 500, 490), want[:, :, :500, :490])
+        out = model.eval()(torch.randn(1, 3, 75, 100))
+    assert out.shape == (1, 7, 75, 100)
+
+
 def test_fcn32s_random_start_is_vggs_initialisation():
     """--no-pretrained: fc6/fc7 (built with skip_init) are N(0, 0.01) with zero bias, the
     convolutions kaiming-normal (fan_out), the score layer zero, upscore bilinear."""

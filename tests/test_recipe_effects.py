@@ -23,7 +23,7 @@ import torch
 import torchvision
 import torchvision.models._api as tv_api
 from test_p1 import make_p1_data
-from test_p2 import shrink_pairs
+from test_p2 import SAMPLE_IDS, shrink_pairs
 
 import p1_finetune
 import p1_pretrain_byol
@@ -32,13 +32,24 @@ import p2_engine
 import p2_train_deeplabv3
 import p2_train_fcn32s
 import recipes
+import training
+import utils
 
 SCRIPTS = {"p1_pretrain_byol": p1_pretrain_byol, "p1_finetune": p1_finetune,
            "p2_train_fcn32s": p2_train_fcn32s, "p2_train_deeplabv3": p2_train_deeplabv3}
 LOOPS = {"p1_pretrain_byol": p1_pretrain_byol, "p1_finetune": p1_finetune,
          "p2_train_fcn32s": p2_engine, "p2_train_deeplabv3": p2_engine}
 EXEMPT = {"batch_size"}  # overridden below for speed; test_recipes.py pins it
-BATCH = {"p1_pretrain_byol": 4, "p1_finetune": 4, "p2_train_fcn32s": 2, "p2_train_deeplabv3": 2}
+# batches that leave a last partial batch of 2 (12 images, 5 train pairs): --drop-last shows
+BATCH = {"p1_pretrain_byol": 5, "p1_finetune": 5, "p2_train_fcn32s": 3, "p2_train_deeplabv3": 3}
+N_TRAIN = {"p1_pretrain_byol": 12, "p1_finetune": 12, "p2_train_fcn32s": 5,
+           "p2_train_deeplabv3": 5}
+
+
+def steps_per_epoch(n, batch, drop_last):
+    """A DataLoader's count: the full batches, and without drop_last the partial one (the
+    loops drop a last batch of one image, which BatchNorm cannot train on)."""
+    return n // batch + (0 if drop_last or n % batch < 2 else 1)
 
 
 class Stop(Exception):
@@ -50,7 +61,8 @@ def run_first_steps(monkeypatch, script, argv, steps=1):
 
     -> {"epoch": train_one_epoch's arguments, "step": the first train_step's arguments (with
     the defaults the call left out filled in), "before": the model's tensors before the first
-    step, "decays": the EMA decay of each step (BYOL)}."""
+    step, "decays": the EMA decay of each step (BYOL), "batches": the sizes of the epoch's
+    index batches, "precision": the `amp` the run set its CUDA switches for}."""
     module, loop = SCRIPTS[script], LOOPS[script]
     epoch_fn, step_fn = loop.train_one_epoch, loop.train_step
     seen = {"calls": 0, "decays": []}
@@ -62,6 +74,8 @@ def run_first_steps(monkeypatch, script, argv, steps=1):
 
     def epoch_spy(*args, **kwargs):
         seen["epoch"] = arguments(epoch_fn, args, kwargs)
+        if len(seen["epoch"]["train"]) == 4 and isinstance(seen["epoch"]["train"][2], int):
+            seen["steps"] = seen["epoch"]["train"][2]  # BYOL: (bank, views, steps, total)
         return epoch_fn(*args, **kwargs)
 
     def step_spy(*args, **kwargs):
@@ -85,9 +99,25 @@ def run_first_steps(monkeypatch, script, argv, steps=1):
         seen.setdefault("clips", []).append((parameters, max_norm, norm.item()))
         return norm
 
+    batches_fn = training.train_batches
+
+    def batches_spy(*args, **kwargs):
+        batches = list(batches_fn(*args, **kwargs))
+        seen["batches"] = [len(b) for b in batches]
+        return iter(batches)
+
+    def precision_spy(device, amp=True):
+        seen["precision"] = amp
+        return precision_fn(device, amp)
+
+    precision_fn = utils.setup_precision
     monkeypatch.setattr(loop, "train_one_epoch", epoch_spy)
     monkeypatch.setattr(loop, "train_step", step_spy)
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_spy)
+    monkeypatch.setattr(training, "train_batches", batches_spy)
+    monkeypatch.setattr(utils, "setup_precision", precision_spy)
+    if hasattr(loop, "setup_precision"):
+        monkeypatch.setattr(loop, "setup_precision", precision_spy)
     parsed = module.get_args_parser().parse_args([str(a) for a in argv])
     with pytest.raises(Stop):
         module.main(parsed)
@@ -111,14 +141,18 @@ def log_probs(logits):
 
 
 def segmentation_loss_formula(logits, target, weights, gamma, alpha):
-    """sum_i w_ti (1 - p_ti)^gamma (-log p_ti) / sum_i w_ti, times alpha (w = 1 without
-    class weights): a weighted mean over every pixel of the batch."""
+    """Cross-entropy (gamma 0): sum_i w_ti (-log p_ti) / sum_i w_ti, nn.CrossEntropyLoss(weight)
+    as the report's FCN32s code. Focal: the report's DeepLab code, ce_i = w_ti (-log p_ti),
+    pt_i = exp(-ce_i), mean over the pixels of (1 - pt_i)^gamma ce_i, times alpha. w = 1
+    without class weights."""
     logp = log_probs(logits.double()).gather(1, target.unsqueeze(1)).squeeze(1)
     w = torch.ones(7, dtype=torch.float64) if weights is None else torch.tensor(
         weights, dtype=torch.float64)
     wt = w[target]
-    focal = (1 - logp.exp()) ** gamma * -logp
-    return alpha * (wt * focal).sum() / wt.sum()
+    if gamma == 0:
+        return alpha * (wt * -logp).sum() / wt.sum()
+    ce = wt * -logp
+    return alpha * ((1 - torch.exp(-ce)) ** gamma * ce).mean()
 
 
 def grad_norm(model):
@@ -176,7 +210,36 @@ def check_schedule(seen, rec, steps_per_epoch):
 
 
 def check_amp(seen, rec):
+    """Autocast on or off in the step, and the CUDA switches set for the same precision
+    (without amp: PyTorch's defaults, no TF32 matmuls; test_fp32_keeps_pytorchs_tf32)."""
     assert seen["step"]["amp"] is rec.get("amp", True)
+    assert seen["precision"] is rec.get("amp", True)
+
+
+def check_batches(seen, rec, n, batch):
+    """The epoch's index batches: the full ones and, without --drop-last, the partial one; the
+    steps the loop counts for an epoch (BYOL's train tuple) are as many."""
+    steps = steps_per_epoch(n, batch, rec.get("drop_last", True))
+    if "steps" in seen:
+        assert seen["steps"] == steps
+    assert len(seen["batches"]) == steps, seen["batches"]
+    assert seen["batches"][:n // batch] == [batch] * (n // batch)
+    assert sum(seen["batches"]) == (n if steps > n // batch else n // batch * batch)
+
+
+def test_fp32_keeps_pytorchs_tf32_defaults():
+    """An fp32 run (no amp, as the report's code) leaves TF32 matmuls off, PyTorch's default;
+    the bf16 fast path lets TF32 take its fp32 leftovers. Convolutions keep cuDNN's TF32."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.benchmark)
+    try:
+        for amp in (True, False):
+            utils.setup_precision(torch.device("cuda"), amp)
+            assert torch.backends.cuda.matmul.allow_tf32 is amp
+            assert torch.backends.cudnn.allow_tf32 is True
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved
 
 
 # ------------------------------------------------------------------------------ data
@@ -197,8 +260,9 @@ def resnet_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def p2_data(tmp_path_factory, samples_dir):
     root = tmp_path_factory.mktemp("p2")
-    for split in ("train", "validation"):
-        shrink_pairs(samples_dir, root / split, 32)
+    shrink_pairs(samples_dir, root / "train", 32, ids=(*SAMPLE_IDS, "0008"),
+                 names=(*SAMPLE_IDS, "0999"))  # 5 pairs: a last partial batch of 2
+    shrink_pairs(samples_dir, root / "validation", 32)
     return root
 
 
@@ -212,10 +276,11 @@ def one_thread():
 
 # ------------------------------------------------------------------------------ BYOL
 BYOL_VIEWS = {  # what each recipe's --aug must give the two views, written out
+    # one draw of the report's list for both views (test_recipes.py shows the sharing)
     "report+lib": [dict(scale=(0.08, 1.0), p_flip=0.5, jitter=(0.2, 0.2, 0.2, 0.2),
-                        p_jitter=1.0, p_gray=0.0, p_blur=0.0, p_solarize=0.0)] * 2,
+                        p_jitter=1.0, p_gray=0.0, p_blur=0.0, p_solarize=0.0, exact=True)] * 2,
     "byol": [dict(jitter=(0.4, 0.4, 0.2, 0.1), p_jitter=0.8, p_gray=0.2, p_blur=b,
-                  p_solarize=s) for b, s in ((1.0, 0.0), (0.1, 0.2))],
+                  p_solarize=s, exact=False) for b, s in ((1.0, 0.0), (0.1, 0.2))],
 }
 
 
@@ -223,17 +288,19 @@ def byol_checks(seen, rec, n_images):
     learner = seen["step"]["learner"]
     bank = seen["epoch"].get("train", [None])[0]
     held = round(rec["holdout"] * n_images) if rec["holdout"] > 0 else 0
-    steps_per_epoch = (n_images - held) // BATCH["p1_pretrain_byol"]
+    n, batch = n_images - held, BATCH["p1_pretrain_byol"]
+    steps = steps_per_epoch(n, batch, rec.get("drop_last", True))
     return {
         ("lr", "weight_decay", "decay_all"): lambda: check_optimizer(seen, rec),
-        ("schedule", "warmup_epochs", "epochs"): lambda: check_schedule(seen, rec,
-                                                                         steps_per_epoch),
+        ("schedule", "warmup_epochs", "epochs"): lambda: check_schedule(seen, rec, steps),
+        ("drop_last",): lambda: check_batches(seen, rec, n, batch),
+        ("amp",): lambda: check_amp(seen, rec),
         ("bank_size",): lambda: check_equal(tuple(bank.images.shape[-2:]),
                                             (rec["bank_size"],) * 2),
         ("holdout",): lambda: check_equal(len(bank), n_images - held),
         ("aug",): lambda: check_byol_views(learner, rec["aug"]),
         ("target",): lambda: check_equal(learner.use_momentum, rec["target"] == "ema"),
-        ("ema_decay", "ema_schedule"): lambda: check_ema(seen, rec, steps_per_epoch),
+        ("ema_decay", "ema_schedule"): lambda: check_ema(seen, rec, steps),
         # which epoch backbone.pth comes from needs whole epochs: test_p1's
         # test_backbone_is_a_strict_resnet50_state_dict_of_the_best_epoch checks it
         ("export",): lambda: check_equal(seen["epoch"]["args"].export, rec["export"]),
@@ -246,10 +313,13 @@ def check_equal(got, want):
 
 def check_byol_views(learner, aug):
     views = (learner.augment1, learner.augment2)
+    shared = aug == "report+lib"
+    assert (views[0].augment is views[1].augment) is shared
     for view, want in zip(views, BYOL_VIEWS[aug]):
-        got = {k: getattr(view.augment, k) for k in want}
+        per_image = view.augment.augment if shared else view.augment
+        got = {k: getattr(per_image, k) for k in want}
         assert got == want, (aug, got)
-        assert (view.then is not None) == aug.endswith("+lib")
+        assert (view.then is not None) is shared
 
 
 def check_ema(seen, rec, steps_per_epoch):
@@ -263,9 +333,10 @@ def check_ema(seen, rec, steps_per_epoch):
 
 # Each script also runs once with flags that differ from both recipes, where both recipes
 # share a value that a bug could replace by a constant unnoticed (e.g. label smoothing 0).
+# A cosine schedule on the report's --no-drop-last shows the steps the schedule counts.
 OVERRIDES = {"p1_pretrain_byol": dict(target="simsiam"),
-             "p1_finetune": dict(label_smoothing=0.1, backbone_lr_scale=0.1),
-             "p2_train_deeplabv3": dict(min_scale=0.5, aux_weight=0.4)}
+             "p1_finetune": dict(label_smoothing=0.1, backbone_lr_scale=0.1, schedule="cosine"),
+             "p2_train_deeplabv3": dict(min_scale=0.5, aux_weight=0.4, schedule="cosine")}
 
 
 @pytest.mark.parametrize("recipe, extra", [("report", {}), ("strong", {}),
@@ -280,22 +351,24 @@ def test_byol_recipe_reaches_the_loop(recipe, extra, p1_data, tmp_path, monkeypa
         "--projection-hidden-size", 64, *recipes.to_words(extra)], steps=2)
     for check in byol_checks(seen, rec, n).values():
         check()
-    check_amp(seen, rec)
 
 
 # ------------------------------------------------------------------------------ fine-tuning
 FINETUNE_AUG = {  # the augmentation list each --aug must give, written out
     "report": dict(scale=(0.08, 1.0), p_flip=0.5, degrees=15.0, translate=4 / 128,
-                   jitter=(0.2, 0.2, 0.2, 0.2), p_jitter=1.0, p_gray=0.0, p_blur=0.0),
+                   jitter=(0.2, 0.2, 0.2, 0.2), p_jitter=1.0, p_gray=0.0, p_blur=0.0,
+                   exact=True),  # torchvision's steps one by one
     "simclr": dict(scale=(0.08, 1.0), p_flip=0.5, degrees=0.0, translate=0.0,
-                   jitter=(0.8, 0.8, 0.8, 0.2), p_jitter=0.8, p_gray=0.2, p_blur=0.5),
+                   jitter=(0.8, 0.8, 0.8, 0.2), p_jitter=0.8, p_gray=0.2, p_blur=0.5,
+                   exact=False),
 }
 
 
 def finetune_checks(seen, rec, setting, n_train):
     model = seen["step"]["model"]
     frozen = setting in "DE"
-    steps_per_epoch = n_train // BATCH["p1_finetune"]
+    batch = BATCH["p1_finetune"]
+    steps = steps_per_epoch(n_train, batch, rec.get("drop_last", True))
     head = rec["lr"]
     body = rec["lr"] * rec["backbone_lr_scale"]
 
@@ -341,8 +414,9 @@ def finetune_checks(seen, rec, setting, n_train):
 
     return {
         ("optimizer", "lr", "backbone_lr_scale", "weight_decay", "decay_all"): optimizer,
-        ("schedule", "warmup_epochs", "epochs"): lambda: check_schedule(seen, rec,
-                                                                         steps_per_epoch),
+        ("schedule", "warmup_epochs", "epochs"): lambda: check_schedule(seen, rec, steps),
+        ("drop_last",): lambda: check_batches(seen, rec, n_train, batch),
+        ("amp",): lambda: check_amp(seen, rec),
         ("label_smoothing",): loss, ("unfreeze",): unfreeze, ("freeze_bn",): freeze_bn,
         ("aug",): aug, ("image_size", "bank_size"): sizes,
     }
@@ -364,9 +438,8 @@ def test_finetune_recipe_reaches_the_loop(recipe, setting, extra, p1_data, resne
         "--backbone", resnet_file, "--sl-backbone", resnet_file, "--output-dir", tmp_path,
         "--results-dir", tmp_path, "--batch-size", BATCH["p1_finetune"], "--device", "cpu",
         *recipes.to_words(extra)])
-    for check in finetune_checks(seen, rec, setting, n_train=12).values():
+    for check in finetune_checks(seen, rec, setting, N_TRAIN["p1_finetune"]).values():
         check()
-    check_amp(seen, rec)
 
 
 # ------------------------------------------------------------------------------ segmentation
@@ -382,7 +455,8 @@ def fake_vgg16():
 
 def segmentation_checks(seen, rec, script, fake):
     model = seen["step"]["model"]
-    steps_per_epoch = 4 // BATCH[script]  # 4 training pairs
+    n, batch = N_TRAIN[script], BATCH[script]
+    steps = steps_per_epoch(n, batch, rec.get("drop_last", True))
 
     def loss():
         torch.manual_seed(0)
@@ -413,24 +487,33 @@ def segmentation_checks(seen, rec, script, fake):
 
     def augment():
         aug = seen["epoch"]["train"][2]
-        got = (aug.min_scale, aug.p_rot90, aug.degrees, aug.color, aug.p_flip)
-        assert got == (rec["min_scale"], rec["rot90"], rec["rotate"], rec["color"], 0.5)
+        got = (aug.min_scale, aug.p_rot90, aug.degrees, aug.color, aug.p_flip, aug.exact)
+        assert got == (rec["min_scale"], rec["rot90"], rec["rotate"], rec["color"], 0.5,
+                       rec.get("exact_aug", False))
 
     checks = {
         ("optimizer", "lr", "weight_decay", "decay_all", "betas"):
             lambda: check_optimizer(seen, rec),
-        ("schedule", "warmup_epochs", "epochs"): lambda: check_schedule(seen, rec,
-                                                                         steps_per_epoch),
+        ("schedule", "warmup_epochs", "epochs"): lambda: check_schedule(seen, rec, steps),
+        ("drop_last",): lambda: check_batches(seen, rec, n, batch),
         ("loss", "focal_gamma", "focal_alpha", "class_weights", "aux_weight"): loss,
         ("clip_grad",): clip,
-        ("min_scale", "rot90", "rotate", "color"): augment,
+        ("min_scale", "rot90", "rotate", "color", "exact_aug"): augment,
         ("amp",): lambda: check_amp(seen, rec),
     }
     if script == "p2_train_fcn32s":
-        def fc_init():  # fc6/fc7 start from VGG16's classifier, or not
+        def fc_init():  # fc6/fc7 from VGG16's classifier, or PyTorch's default init
+            before = seen["before"]
             fc6 = fake["classifier.0.weight"].view(4096, 512, 7, 7)
-            assert torch.equal(seen["before"]["fc6.weight"], fc6) is (rec["fc_init"] == "vgg")
-            assert torch.equal(seen["before"]["features.0.weight"], fake["features.0.weight"])
+            assert torch.equal(before["fc6.weight"], fc6) is (rec["fc_init"] == "vgg")
+            assert torch.equal(before["features.0.weight"], fake["features.0.weight"])
+            if rec["fc_init"] == "fresh":  # kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in))
+                for key, fan_in in (("fc6", 512 * 49), ("fc7", 4096), ("score", 4096)):
+                    w = before[f"{key}.weight"]
+                    assert w.abs().max() <= fan_in ** -0.5
+                    assert w.std().item() == pytest.approx(fan_in ** -0.5 / 3 ** 0.5, rel=0.02)
+            else:  # the FCN paper: a zero score layer
+                assert before["score.weight"].abs().max() == 0
 
         def upscore_init():
             up = seen["before"]["upscore.weight"]
@@ -438,6 +521,10 @@ def segmentation_checks(seen, rec, script, fake):
             for c in range(7):
                 bilinear[c, c] = p2_common.bilinear_kernel(64)
             assert torch.equal(up, bilinear) is (rec["upscore_init"] == "bilinear")
+            layer = model.upscore  # the report's: ConvTranspose2d(7, 7, 64, 32, padding 16)
+            padding = (16, 16) if rec["upscore_init"] == "random" else (0, 0)
+            assert (layer.kernel_size, layer.stride, layer.padding) == ((64, 64), (32, 32),
+                                                                         padding)
 
         checks[("fc_init",)] = fc_init
         checks[("upscore_init",)] = upscore_init
@@ -492,7 +579,7 @@ def test_every_recipe_key_has_a_check():
         "p2_train_deeplabv3": segmentation_checks(stub, {}, "p2_train_deeplabv3", {}),
     }
     for script, checks in keys.items():
-        covered = set().union(*checks) | EXEMPT | {"amp"}
+        covered = set().union(*checks) | EXEMPT
         for recipe in recipes.NAMES:
             missing = set(recipes.settings(script, recipe)) - covered
             assert not missing, (script, recipe, missing)

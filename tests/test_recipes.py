@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import augment
 import p1_common
 import p1_finetune
 import p1_pretrain_byol
@@ -19,6 +20,7 @@ import p2_engine
 import p2_train_deeplabv3
 import p2_train_fcn32s
 import recipes
+import results_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,8 +53,11 @@ def test_byol_report_is_the_reports_code():
     assert (a.schedule, a.warmup_epochs) == ("constant", 0.0)
     assert (a.target, a.ema_decay, a.ema_schedule) == ("ema", 0.99, "constant")
     assert a.aug == "report+lib" and a.bank_size == 128 and (a.export, a.holdout) == ("best", 0.0)
+    assert (a.amp, a.drop_last) == (False, False)  # no autocast; DataLoader's default
     views = p1_pretrain_byol.build_views(a.aug, 128, torch.device("cpu"))
-    first = views[0].augment  # the report's list: RRC(128), flip, ColorJitter(0.2 x 4) always
+    # the report's list: RRC(128), flip, ColorJitter(0.2 x 4) always, once for both views
+    assert views[0].augment is views[1].augment
+    first = views[0].augment.augment
     assert (first.scale, first.p_flip, first.jitter, first.p_jitter) == (
         (0.08, 1.0), 0.5, (0.2, 0.2, 0.2, 0.2), 1.0)
     lib = [type(m).__name__ for m in views[0].then]  # then byol-pytorch's default, per batch
@@ -63,7 +68,8 @@ def test_byol_report_is_the_reports_code():
 def test_byol_strong_is_the_long_warm_cosine_asymmetric_run():
     a = byol("strong")
     assert (a.epochs, a.batch_size, a.lr, a.weight_decay) == (1000, 512, 1e-4, 0.0)
-    assert (a.schedule, a.warmup_epochs) == ("cosine", 13.0)  # 1000 steps of 75 per epoch
+    # 1,000 steps: 34,560 images after the 10% hold-out / 512 = 67 steps an epoch -> 15 epochs
+    assert (a.schedule, a.warmup_epochs) == ("cosine", 15.0)
     assert (a.aug, a.ema_schedule, a.target, a.holdout) == ("byol", "cosine", "ema", 0.1)
     views = p1_pretrain_byol.build_views(a.aug, 128, torch.device("cpu"))
     assert [(v.augment.p_blur, v.augment.p_solarize) for v in views] == [(1.0, 0.0), (0.1, 0.2)]
@@ -85,6 +91,7 @@ def test_finetune_report_is_the_reports_code():
         "adamw", 3e-4, 1e-5, 64, 300)
     assert (a.schedule, a.warmup_epochs, a.label_smoothing) == ("constant", 0.0, 0.0)
     assert (a.bank_size, a.image_size, a.backbone_lr_scale) == (128, 128, 1.0)
+    assert (a.amp, a.drop_last, a.keep_epochs) == (False, False, "1,100")  # t-SNE: 1 and 100
     model = p1_common.Classifier(65)
     optimizer = p1_finetune.build_optimizer(model, a)
     n = len(list(model.parameters()))
@@ -165,6 +172,7 @@ def test_fcn32s_report_is_the_reports_code():
     assert a.loss == "ce" and p2_engine.parse_floats(a.class_weights, 7, "") == [1, 1, 5, 1, 1,
                                                                                   1, 2]
     assert (a.fc_init, a.upscore_init) == ("fresh", "random")
+    assert (a.amp, a.drop_last) == (False, False)
     aug = p2_engine.build_augment(a)  # H/V flips, rotation up to 30 (fill Unknown), colour
     assert (aug.p_flip, aug.p_rot90, aug.degrees, aug.color, aug.min_scale) == (
         0.5, 0.0, 30.0, 0.2, 1.0)
@@ -174,20 +182,22 @@ def test_fcn32s_strong_keeps_the_recipe_with_the_fcn_papers_initialisation():
     r, s = seg(p2_train_fcn32s, "report"), seg(p2_train_fcn32s, "strong")
     assert (s.fc_init, s.upscore_init) == ("vgg", "bilinear")
     differ = {k for k in vars(r) if getattr(r, k) != getattr(s, k)}
-    assert differ == {"recipe", "fc_init", "upscore_init"}
+    assert differ == {"recipe", "fc_init", "upscore_init", "amp", "drop_last", "exact_aug"}
 
 
 def test_deeplabv3_report_is_the_reports_code():
     a = seg(p2_train_deeplabv3, "report")
     assert (a.arch, a.init, a.optimizer, a.lr, a.weight_decay, a.decay_all) == (
         "resnet50", "coco", "adamw", 3e-4, 1e-5, True)
-    assert (a.batch_size, a.epochs, a.schedule, a.amp, a.aux_weight) == (
-        30, 100, "constant", False, 0.0)
+    assert (a.batch_size, a.epochs, a.schedule, a.amp, a.aux_weight, a.drop_last) == (
+        30, 100, "constant", False, 0.0, False)
     assert (a.loss, a.focal_gamma) == ("focal", 2.0)
     assert p2_engine.parse_floats(a.class_weights, 7, "") == [2, 1, 5, 1, 1, 1, 1]
-    aug = p2_engine.build_augment(a)  # flips, p 0.5 quarter turn, p 0.5 colour 0.9-1.1
+    # flips; `if random() > .5: angle = choice([0, 90, 180, 270])`, a turn with p 0.375;
+    # p 0.5 colour 0.9-1.1
+    aug = p2_engine.build_augment(a)
     assert (aug.p_flip, aug.p_rot90, aug.degrees, aug.color, aug.min_scale) == (
-        0.5, 0.5, 0.0, 0.1, 1.0)
+        0.5, 0.375, 0.0, 0.1, 1.0)
 
 
 def test_deeplabv3_strong_is_the_best_public_run():
@@ -242,3 +252,92 @@ def test_reproduce_dry_run_prints_each_recipe():
             lines = [ln for ln in out[recipe].splitlines() if ln.startswith("+ ") and script in ln]
             assert len(lines) == 1 and f"--recipe {recipe} " in lines[0], (recipe, lines)
             assert all(f" {w} " in lines[0] for w in words), (recipe, script, lines[0])
+            # every value of the recipe, in its order, as RESULTS.md's recipe table shows it
+            every = recipes.shown(recipes.flags(script[:-3], recipe))
+            assert f" {every} " in lines[0], (recipe, script, lines[0])
+            table = "\n".join(results_report.recipe_section(recipe))
+            assert f"| `{script}` | `{every}` |" in table
+
+
+def test_byol_report_views_share_the_per_image_draw():
+    """The report's code drew its list once per image and made both views from that tensor:
+    with byol-pytorch's per-batch augmentation taken out, its two views are equal, yet each
+    image of the batch has its own draw. --aug report draws each view on its own."""
+    batch = torch.randint(0, 256, (1, 3, 40, 40), dtype=torch.uint8).expand(6, -1, -1, -1)
+    batch = batch.contiguous()
+    shared = p1_pretrain_byol.build_views("report+lib", 32, torch.device("cpu"))
+    for view in shared:
+        view.then = None  # byol-pytorch's per-batch augmentation, drawn apart for each view
+    one, two = shared[0](batch), shared[1](batch)
+    assert torch.equal(one, two)
+    assert not torch.allclose(one[0], one[1], atol=1e-3)  # per image
+    assert not torch.equal(shared[0](batch.clone()), one)  # a new batch, a new draw
+    apart = p1_pretrain_byol.build_views("report", 32, torch.device("cpu"))
+    assert not torch.allclose(apart[0](batch), apart[1](batch), atol=1e-3)
+
+
+def test_deeplabv3_report_turns_a_quarter_as_often_as_the_reports_code():
+    """`if random() > .5: angle = choice([0, 90, 180, 270])`: no turn with p 0.625, each of
+    90, 180 and 270 degrees with p 0.125, counted over 4,000 draws of the recipe's
+    augmentation (flips off, to read the turn off the image)."""
+    a = seg(p2_train_deeplabv3, "report")
+    aug = p2_engine.build_augment(a)
+    aug.p_flip, aug.color, aug.generator = 0.0, 0.0, torch.Generator().manual_seed(0)
+    aug.size = (4, 4)  # not the recipe's 512: 4,000 draws of a 4 x 4 image
+    image = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).expand(4000, 3, 4, 4) * 10
+    out, _ = aug(image.contiguous(), torch.zeros(4000, 4, 4, dtype=torch.uint8))
+    out = out[:, 0]
+    ref = augment.normalize(augment.to_float(image[:1]))[:, 0]  # (1, 4, 4)
+    turns = torch.stack([torch.isclose(out, ref.rot90(k, (1, 2))).flatten(1).all(1)
+                         for k in range(4)], 1)  # (4000, 4): which turn each sample took
+    assert turns.sum(1).eq(1).all()
+    share = turns.float().mean(0).tolist()
+    assert share == pytest.approx([0.625, 0.125, 0.125, 0.125], abs=0.02), share
+
+
+def test_reproduce_runs_the_tsne_on_epochs_1_and_100(tmp_path):
+    """The report's t-SNE panels are epochs 1 and 100 of setting C: p1_finetune.py keeps them
+    (--keep-epochs 1,100) and reproduce.sh draws from them on real data."""
+    for d in ("p1_data/mini/train", "p1_data/office", "p2_data/train", "p2_data/validation"):
+        (tmp_path / d).mkdir(parents=True)
+    proc = subprocess.run(["bash", "reproduce.sh", "--dry-run", "--data", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    tsne = [ln for ln in proc.stdout.splitlines() if ln.startswith("+ ") and "p1_tsne.py" in ln]
+    assert len(tsne) == 1
+    assert "--first runs/p1_finetune/C/epoch_001.pth" in tsne[0]
+    assert "--last runs/p1_finetune/C/epoch_100.pth" in tsne[0]
+    assert p1_finetune.kept_epochs("1,100", 300) == {1, 100}
+    assert p1_finetune.kept_epochs("1,100", 12) == {1, 12}  # past --epochs: the last
+
+
+def help_of(module, flag, recipe="report"):
+    """The --help text of one flag, its shown default included, under a recipe."""
+    parser = module.get_args_parser()
+    parser.set_defaults(**recipes.settings(module.__name__, recipe))  # as --recipe does
+    action = next(a for a in parser._actions if flag in a.option_strings)
+    return " ".join(parser._get_formatter()._expand_help(action).split())
+
+
+def test_help_texts_say_what_the_code_does():
+    # one lr for the whole model in both recipes, as the help says
+    assert {recipes.settings("p1_finetune", r)["backbone_lr_scale"] for r in recipes.NAMES} == {
+        1.0}
+    assert "both recipes: 1.0" in help_of(p1_finetune, "--backbone-lr-scale")
+    # the banks are 128 px in both recipes (the report's Resize((128, 128)))
+    assert {recipes.settings("p1_pretrain_byol", r)["bank_size"] for r in recipes.NAMES} == {128}
+    assert "both recipes: 128" in help_of(p1_pretrain_byol, "--bank-size")
+    # a --x/--no-x default is shown, False included
+    assert "(default: --no-amp)" in help_of(p2_train_deeplabv3, "--amp", "report")
+    assert "(default: --amp)" in help_of(p2_train_deeplabv3, "--amp", "strong")
+    # plateau: what ReduceLROnPlateau is given
+    assert "6 epochs in a row" in help_of(p2_train_deeplabv3, "--schedule")
+    assert "patience 5, relative threshold 1e-4" in help_of(p2_train_deeplabv3, "--schedule")
+    plateau = p2_engine.make_lr_scheduler(
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), "plateau", 10).plateau
+    assert (plateau.patience, plateau.threshold, plateau.threshold_mode, plateau.factor) == (
+        5, 1e-4, "rel", 0.5)
+    # focal alpha is one factor for every class; per-class weights are --class-weights
+    assert "the same for every class" in help_of(p2_train_deeplabv3, "--focal-alpha")
+    assert "PyTorch's default initialisation (the report's code)" in help_of(
+        p2_train_fcn32s, "--fc-init")

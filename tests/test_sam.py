@@ -426,3 +426,28 @@ def test_missing_model_b_prediction_stops_before_sam_runs(tmp_path):
     with pytest.raises(errors.UserError, match="go together"):
         p2_sam.main(parse("--input", SAMPLES, "--output-dir", tmp_path / "o", "--gt-dir",
                           SAMPLES), model=tiny_sam())
+
+
+def test_images_are_read_with_opencv_as_the_report_did(tmp_path):
+    """The report's SAM run read its images with OpenCV (cv2.imread, BGR -> RGB), as SAM's own
+    amg.py does; p2_sam.read_image gives exactly that, and goes through data.load_rgb for a file
+    OpenCV cannot read as 8-bit colour (a 16-bit grayscale PNG)."""
+    import cv2
+    path = REPO / "tests" / "data" / "0008_sat.jpg"
+    want = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    got = p2_sam.read_image(path)
+    assert got.dtype == np.uint8 and got.shape == (512, 512, 3)
+    assert np.array_equal(got, want)
+    sixteen = tmp_path / "gray16.png"
+    Image.fromarray(np.full((8, 8), 257 * 200, dtype=np.uint16)).save(sixteen)
+    assert np.array_equal(p2_sam.read_image(sixteen), np.full((8, 8, 3), 200, np.uint8))
+
+
+def test_the_run_reads_each_image_with_opencv(tmp_path, monkeypatch):
+    import cv2
+    reads, imread = [], cv2.imread
+    monkeypatch.setattr(cv2, "imread", lambda *a, **k: reads.append(str(a[0])) or imread(*a, **k))
+    args = parse("--input", REPO / "tests" / "data" / "0008_sat.jpg", "--output-dir",
+                 tmp_path / "out", "--device", "cpu", *LOOSE)
+    p2_sam.main(args, model=tiny_sam())
+    assert reads == [str(REPO / "tests" / "data" / "0008_sat.jpg")]
