@@ -571,7 +571,7 @@ def infer_p2(data, size, batch, device, amp, workdir):
         torch.manual_seed(0)
         utils.save_checkpoint(path, p2_common.build_deeplabv3(vars(args), False),
                               kind="p2_segmenter", args=args)
-    model = p2_common.load_segmenter(path, device)
+    model, _ = p2_common.load_segmenter(path, device)
     _, images, _ = p2_engine.load_split(data.seg_train)
     x = repeat_to(images.images, batch).to(device)  # (B, 3, H, W) uint8
 

@@ -2,6 +2,7 @@
 all-reduce, SyncBatchNorm that also runs on the CPU (gloo), the per-epoch random streams.
 """
 
+import atexit
 import builtins
 import inspect
 import os
@@ -41,6 +42,7 @@ def init_distributed(device):
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(leave_process_group)  # NCCL warns at exit about a group left open
         if dist.get_rank() != 0:
             quiet = builtins.print
 
@@ -50,6 +52,12 @@ def init_distributed(device):
 
             builtins.print = print_on_main
     return device
+
+
+def leave_process_group():
+    """Destroy this process's group, if it still has one (at exit, after the run)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def in_process_group():

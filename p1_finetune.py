@@ -221,24 +221,27 @@ def make_criterion(args):
                                              label_smoothing=args.label_smoothing)
 
 
-def train_step(model, x, y, optimizer, criterion, device, amp=True):
+def train_step(model, x, y, optimizer, criterion, device, amp=True, scaler=None, micro=None):
     """One optimizer step on a prepared batch x (B, 3, S, S), y (B,) -> (loss, number of correct
-    predictions), both still on the device (no host sync)."""
-    with utils.autocast(device, amp):
-        logits = model(x)  # (B, num_classes)
-    loss = criterion(logits, y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach(), (logits.argmax(1) == y).sum()
+    predictions), both still on the device (no host sync). `micro` (training.MicroBatch) splits
+    it into micro-batches; each one's mean loss counts for its share of the batch."""
+    def loss_of(start, stop):
+        with utils.autocast(device, amp):
+            logits = model(x[start:stop])  # (b, num_classes)
+        loss = criterion(logits, y[start:stop]) * ((stop - start) / len(x))
+        return loss, (logits.argmax(1) == y[start:stop]).sum()
+
+    loss, right = training.optimizer_step(model, optimizer, len(x), loss_of, micro,
+                                          scaler=scaler)
+    return loss, sum(right)
 
 
 def train_one_epoch(model, optimizer, scheduler, train, args, device, epoch, stop=None):
-    """One epoch over train = (bank, labels, augment, criterion) -> {train_loss, train_acc,
-    images} over all ranks. Data order and augmentations come from (seed, epoch) alone, so
-    --resume replays the epoch; under torchrun each rank takes its share of the global
-    --batch-size."""
-    bank, labels, augment, criterion = train
+    """One epoch over train = (bank, labels, augment, criterion, GradScaler, MicroBatch) ->
+    {train_loss, train_acc, images} over all ranks. Data order and augmentations come from
+    (seed, epoch) alone, so --resume replays the epoch; under torchrun each rank takes its
+    share of the global --batch-size."""
+    bank, labels, augment, criterion, scaler, micro = train
     model.train()
     fmt = utils.memory_format(device)
     # summed on the device; one host sync per epoch instead of one per step
@@ -253,7 +256,7 @@ def train_one_epoch(model, optimizer, scheduler, train, args, device, epoch, sto
                     disable=not distributed.is_main_process()):
         x = augment(bank.batch(idx)).to(device).contiguous(memory_format=fmt)  # (B, 3, S, S)
         loss, right = train_step(model, x, labels[idx].to(device), optimizer, criterion, device,
-                                 args.amp)
+                                 args.amp, scaler, micro)
         scheduler.step()
         loss_sum += loss * len(idx)
         correct += right
@@ -376,10 +379,12 @@ def run_setting(args, banks=None):
     training.print_run_header(args, device, args.batch_size, args.lr)
 
     # ---- resume
+    scaler = utils.grad_scaler(device, args.amp)
     ckpts = training.Checkpoints(out, args, "p1_classifier", model, optimizer, scheduler,
-                                 "val_acc")
+                                 "val_acc", scaler=scaler)
     start_epoch = ckpts.resume() if args.resume else 1
     kept = kept_epochs(args.keep_epochs, args.epochs)
+    micro = training.MicroBatch(args.micro_batch, device, smallest=2)  # BatchNorm: 2 or more
     if args.compile:
         model.compile()
     # DistributedDataParallel under torchrun (validation uses the plain model)
@@ -394,14 +399,15 @@ def run_setting(args, banks=None):
             unfreeze(model, steps, epoch)
             t0 = time.perf_counter()
             stats = train_one_epoch(step_model, optimizer, scheduler,
-                                    (train_bank, train_y, augment, make_criterion(args)), args,
-                                    device, epoch, stop)
+                                    (train_bank, train_y, augment, make_criterion(args), scaler,
+                                     micro), args, device, epoch, stop)
             seconds = time.perf_counter() - t0
             record = {"epoch": epoch, "train_loss": stats["train_loss"],
                       "train_acc": stats["train_acc"],
                       "val_acc": evaluate(model, val_bank, val_y, args, device),
                       "lr": optimizer.param_groups[0]["lr"],
-                      "images_per_s": stats["images"] / seconds, "seconds": seconds}
+                      "images_per_s": stats["images"] / seconds, "seconds": seconds,
+                      "micro_batch": micro.size}  # None: the whole batch per forward
             ckpts.end_epoch(epoch, record, keep=epoch in kept)  # the t-SNE's panels
             if distributed.is_main_process():
                 print(f"[{args.setting}] epoch {epoch}/{args.epochs} loss "

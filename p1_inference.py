@@ -18,7 +18,8 @@ checkpoints/p1_C.pth (fetched by hw1_download.sh), or $HW1_P1_CHECKPOINT when se
 says which one it is); a BYOL checkpoint (pre-training only) or a Problem 2 one is refused.
 Images are loaded exactly as at validation during training: any mode (grayscale, RGBA,
 16-bit, CMYK) as RGB, resized to the run's --bank-size square, then to its --image-size,
-ImageNet normalisation; batches run in bf16 on a GPU. Nothing is downloaded.
+ImageNet normalisation; on a GPU batches run in the precision the checkpoint's run validated
+in (its --amp; --amp/--no-amp choose). Nothing is downloaded.
 
 An image that cannot be read (missing, truncated, not an image) does not stop the others: the
 rows of every readable image are written, the unreadable ones are listed at the end and the
@@ -61,8 +62,10 @@ def get_args_parser():
                         "checkpoints/p1_C.pth next to this script)")
     parser.add_argument("--batch-size", default=256, type=int, help="images per forward")
     parser.add_argument("--device", default=None, help="cuda, cpu (default: cuda if any)")
-    parser.add_argument("--amp", default=True, action=cli.BooleanFlag,
-                        help="bf16 autocast on CUDA (no effect on CPU)")
+    parser.add_argument("--amp", default=None, action=cli.BooleanFlag,
+                        help="autocast on CUDA (bf16, fp16 before compute capability 8.0); by "
+                        "default as the checkpoint's run validated (its --amp): fp32 for the "
+                        "report recipe")
     return parser
 
 
@@ -97,7 +100,6 @@ def write_predictions(path, rows):
 
 def main(args):
     device = utils.get_device(args.device)
-    utils.setup_precision(device, args.amp)
     # the inputs and the output first: a mistake there costs no model loading
     rows = data.read_office_csv(args.csv, require_labels=False, duplicates="warn")
     if not args.image_dir.is_dir():
@@ -108,6 +110,8 @@ def main(args):
                               f"file to write, e.g. {args.output / 'pred.csv'}")
     records.writable_dir(args.output.parent, "--output")
     model, margs, _ = load_classifier(args.checkpoint, device)
+    amp = margs.get("amp", True) if args.amp is None else args.amp
+    utils.setup_precision(device, amp)
     if margs["setting"] != "C":
         print(f"note: {args.checkpoint} is a setting {margs['setting']} checkpoint (every "
               "setting has the same model; hw1_1.sh is meant for setting C)", file=sys.stderr)
@@ -116,7 +120,7 @@ def main(args):
     preds = []
     if good:
         view = augment.ClassificationAugment(margs["image_size"], train=False)
-        logits = run_batches(model, bank.to(device), view, args.batch_size, device, args.amp)
+        logits = run_batches(model, bank.to(device), view, args.batch_size, device, amp)
         preds = logits.argmax(1).tolist()
     write_predictions(args.output, [(Path(rows[i]["filename"]).name, p)
                                     for i, p in zip(good, preds)])

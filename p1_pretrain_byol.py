@@ -218,18 +218,20 @@ class View:
             return x.contiguous(memory_format=self.memory_format)
 
 
-def lib_augment(image_size):
+def lib_augment(image_size, device="cpu"):
     """byol-pytorch 0.9.1's default augmentation (BYOL.__init__'s DEFAULT_AUG, built here as it
     builds it): torchvision transforms on the whole batch tensor, so one random draw per batch.
-    The report's code applied it on top of its own, already normalised, dataset views."""
+    The report's code applied it on top of its own, already normalised, dataset views. Its
+    Normalize constants live on `device`: CPU ones would be copied over at every call, each
+    copy a wait for the GPU."""
     return torch.nn.Sequential(
         byol_lib.RandomApply(T.ColorJitter(0.8, 0.8, 0.8, 0.2), p=0.3),
         T.RandomGrayscale(p=0.2),
         T.RandomHorizontalFlip(),
         byol_lib.RandomApply(T.GaussianBlur((3, 3), (1.0, 2.0)), p=0.2),
         T.RandomResizedCrop((image_size, image_size)),
-        T.Normalize(mean=torch.tensor(augment.IMAGENET_MEAN),
-                    std=torch.tensor(augment.IMAGENET_STD)))
+        T.Normalize(mean=torch.tensor(augment.IMAGENET_MEAN, device=device),
+                    std=torch.tensor(augment.IMAGENET_STD, device=device)))
 
 
 def build_views(aug, image_size, device):
@@ -239,7 +241,7 @@ def build_views(aug, image_size, device):
         shared = SharedDraw(augment.ClassificationAugment(image_size, **VIEWS[aug][0]))
         views = [View(shared, fmt), View(shared, fmt)]
         for view in views:
-            view.then = lib_augment(image_size)
+            view.then = lib_augment(image_size, device)
         return tuple(views)
     return tuple(View(augment.ClassificationAugment(image_size, **kw), fmt) for kw in VIEWS[aug])
 
@@ -309,24 +311,27 @@ def update_target(learner, decay):
     torch._foreach_lerp_(target, online, 1.0 - decay)
 
 
-def train_step(learner, x, optimizer, decay, device, amp=True):
+def train_step(learner, x, optimizer, decay, device, amp=True, scaler=None, micro=None):
     """One BYOL step on a uint8 batch (B, 3, H, W) on the device -> the loss, still on the device.
     BYOL.forward augments x twice itself and runs 2B images through each encoder. `learner` may
-    be wrapped in DistributedDataParallel; the EMA acts on the plain learner."""
-    with utils.autocast(device, amp):
-        loss = learner(x)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    be wrapped in DistributedDataParallel; the EMA acts on the plain learner, once per step.
+    `micro` (training.MicroBatch) splits the step; each micro-batch's mean loss counts for its
+    share of the batch (the projector's BatchNorm then sees the micro-batches)."""
+    def loss_of(start, stop):
+        with utils.autocast(device, amp):
+            return learner(x[start:stop]) * ((stop - start) / len(x)), None
+
+    loss, _ = training.optimizer_step(learner, optimizer, len(x), loss_of, micro, scaler=scaler)
     update_target(utils.unwrap_model(learner), decay)
-    return loss.detach()
+    return loss
 
 
 def train_one_epoch(model, optimizer, scheduler, train, args, device, epoch, stop=None):
-    """One epoch over train = (bank, views, steps per epoch, total steps) -> {loss, ema_decay}.
+    """One epoch over train = (bank, views, steps per epoch, total steps, GradScaler,
+    MicroBatch) -> {loss, ema_decay}.
     Data order and both views' augmentations come from (seed, epoch) alone, so --resume replays
     the epoch; under torchrun each rank takes its share of the global --batch-size."""
-    bank, views, steps_per_epoch, total_steps = train
+    bank, views, steps_per_epoch, total_steps, scaler, micro = train
     model.train()
     order, views_rng = distributed.epoch_generators(args.seed, epoch, device)  # replayable
     for view in views:
@@ -339,7 +344,8 @@ def train_one_epoch(model, optimizer, scheduler, train, args, device, epoch, sto
     for step, idx in enumerate(bar):
         decay = ema_decay((epoch - 1) * steps_per_epoch + step, total_steps, args.ema_decay,
                           args.ema_schedule)
-        loss_sum += train_step(model, bank.batch(idx), optimizer, decay, device, args.amp)
+        loss_sum += train_step(model, bank.batch(idx), optimizer, decay, device, args.amp,
+                               scaler, micro)
         scheduler.step()
         if stop:
             stop.check(epoch - 1)
@@ -457,14 +463,17 @@ def main(args):
     training.print_run_header(args, device, args.batch_size, args.lr)
 
     # ---- resume
+    scaler = utils.grad_scaler(device, args.amp)
     ckpts = training.Checkpoints(out, args, "byol", learner, optimizer, scheduler,
-                                 "holdout_loss" if holdout is not None else "loss", mode="min")
+                                 "holdout_loss" if holdout is not None else "loss", mode="min",
+                                 scaler=scaler)
     start_epoch = ckpts.resume() if args.resume else 1
     if args.compile:  # in place: state_dict keys and the avgpool hook stay as they are
         for module in (learner.online_encoder, learner.target_encoder, learner.online_predictor):
             module.compile()
     model = distributed.distribute_model(learner, device)  # DDP + SyncBatchNorm under torchrun
-    train = (bank, views, steps_per_epoch, total_steps)
+    micro = training.MicroBatch(args.micro_batch, device, smallest=2)  # BatchNorm: 2 or more
+    train = (bank, views, steps_per_epoch, total_steps, scaler, micro)
 
     # ---- loop: a signal stops after the current step (last.pth = last completed epoch)
     curves = records.LiveCurves(out / "log.jsonl", out / "loss.png", ["loss", "knn_acc"],
@@ -478,7 +487,7 @@ def main(args):
             record = {"epoch": epoch, **stats, "lr": optimizer.param_groups[0]["lr"],
                       "images_per_s": min(len(bank), steps_per_epoch * args.batch_size)
                                       / seconds,
-                      "seconds": seconds}
+                      "seconds": seconds, "micro_batch": micro.size}  # None: whole batches
             if holdout is not None:
                 record["holdout_loss"] = holdout_loss(model, holdout, args, device)
             if banks and (epoch % args.knn_every == 0 or epoch == args.epochs):

@@ -189,12 +189,16 @@ def build_deeplabv3(cfg, load_pretrained=True):
             model = builder(weights=seg_weights, weights_backbone=None, aux_loss=True)
         replace_last_layer(model.classifier, NUM_CLASSES)
         replace_last_layer(model.aux_classifier, NUM_CLASSES)
-        return model
-    if init == "imagenet":
+    elif init == "imagenet":
         with pretrained_download(f"ImageNet {arch}"):
-            return builder(weights=None, weights_backbone=backbone_weights,
-                           num_classes=NUM_CLASSES, aux_loss=True)
-    return builder(weights=None, weights_backbone=None, num_classes=NUM_CLASSES, aux_loss=True)
+            model = builder(weights=None, weights_backbone=backbone_weights,
+                            num_classes=NUM_CLASSES, aux_loss=True)
+    else:
+        model = builder(weights=None, weights_backbone=None, num_classes=NUM_CLASSES,
+                        aux_loss=True)
+    if cfg.get("aux_weight") == 0:  # a head outside the loss: neither computed nor saved
+        model.aux_classifier = None
+    return model
 
 
 BUILDERS = {"fcn32s": build_fcn32s, "deeplabv3": build_deeplabv3}
@@ -246,13 +250,16 @@ def predict(model, images, device, amp=True, tta=False):
 
 
 def load_segmenter(path, device):
-    """Rebuild the network named in a checkpoint's args and load its weights (eval mode)."""
+    """Rebuild the network named in a checkpoint's args and load its weights
+    -> (model in eval mode, the run's args)."""
     ckpt = utils.load_checkpoint(path, kind="p2_segmenter")
     cfg = ckpt["args"]
     name = cfg["model_name"]
+    state = ckpt["model"]
+    if cfg.get("aux_weight") == 0:  # an older file may still hold the unused aux head
+        state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
     try:
-        model = utils.build_loaded(lambda: BUILDERS[name](cfg, load_pretrained=False),
-                                   ckpt["model"])
+        model = utils.build_loaded(lambda: BUILDERS[name](cfg, load_pretrained=False), state)
     except (RuntimeError, ValueError, KeyError) as e:
         raise UserError(f"{path}: weights do not fit a {name} built from its own args "
                         f"({first_line(e, 120)}); train or download it again") from None
@@ -261,4 +268,4 @@ def load_segmenter(path, device):
     metric = ckpt.get("best_metric")
     print(f"{path}: {name}, epoch {ckpt.get('epoch')}"
           + (f", best val mIoU {metric:.4f}" if isinstance(metric, float) else ""))
-    return model.to(device, memory_format=utils.memory_format(device)).eval()
+    return model.to(device, memory_format=utils.memory_format(device)).eval(), cfg

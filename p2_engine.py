@@ -84,6 +84,7 @@ from training import (
 from utils import (
     autocast,
     get_device,
+    grad_scaler,
     memory_format,
     seed_everything,
     setup_precision,
@@ -224,7 +225,7 @@ def median_frequency_weights(masks, num_classes=NUM_CLASSES, scored=SCORED_CLASS
     return weights.clamp(0.1, 10.0).float()
 
 
-def segmentation_loss(logits, target, weight=None, gamma=0.0):
+def segmentation_loss(logits, target, weight=None, gamma=0.0, total=None):
     """Pixel-wise cross-entropy (gamma=0) or focal loss (gamma > 0), computed in fp32.
 
     logits (B, C, H, W) any dtype, target (B, H, W) int64, weight (C,) on the logits' device.
@@ -233,21 +234,35 @@ def segmentation_loss(logits, target, weight=None, gamma=0.0):
     the report's code (stann37 p2_DeepLab.py): ce = w_t * (-log p_t) (F.cross_entropy with
     weight=, reduction="none"), pt = exp(-ce), mean of (1 - pt)^gamma * ce over every pixel;
     the class weight sits inside pt, and the mean is not divided by the weights. Without class
-    weights that is the usual focal loss, (1 - p_t)^gamma * (-log p_t).
+    weights that is the usual focal loss, (1 - p_t)^gamma * (-log p_t). `total`: the normaliser
+    of the whole step when the step is split into micro-batches (loss_normaliser).
     """
     logp = F.log_softmax(logits.float(), dim=1)                      # (B, C, H, W)
     ce = -logp.gather(1, target.unsqueeze(1)).squeeze(1)             # (B, H, W)
     if gamma > 0:
         if weight is not None:
             ce = ce * weight[target]
-        return ((1 - torch.exp(-ce)).clamp(min=0) ** gamma * ce).mean()
+        focal = (1 - torch.exp(-ce)).clamp(min=0) ** gamma * ce
+        return focal.mean() if total is None else focal.sum() / total
     if weight is None:
-        return ce.mean()
-    w = weight[target]                                               # (B, H, W)
-    total = w.sum()
-    if world_size() > 1:  # the global batch's weighted mean once DDP averages the gradients:
-        total = all_reduce(total.detach().clone(), mean=True)  # each rank divides by W / ranks
-    return (ce * w).sum() / total.clamp(min=1e-12)
+        return ce.mean() if total is None else ce.sum() / total
+    if total is None:
+        total = loss_normaliser(target, weight, gamma)
+    return (ce * weight[target]).sum() / total.clamp(min=1e-12)
+
+
+def loss_normaliser(target, weight=None, gamma=0.0):
+    """What segmentation_loss divides by, for the targets of a whole optimizer step (a step
+    split into micro-batches passes it as `total`, so that their losses add up to the step's):
+    the number of pixels, or with class weights and gamma 0 the sum of the pixels' weights,
+    summed over the global batch under torchrun (each rank then divides by W / ranks, which
+    DDP's averaging of the gradients turns into the global weighted mean)."""
+    if gamma > 0 or weight is None:
+        return target.numel()
+    total = weight[target].sum()
+    if world_size() > 1:
+        total = all_reduce(total.detach().clone(), mean=True)
+    return total
 
 
 def parse_floats(text, n, flag):
@@ -276,12 +291,14 @@ def make_criterion(args, class_weight=None, device="cpu"):
     alpha = getattr(args, "focal_alpha", 1.0) if gamma else 1.0
     aux_weight = getattr(args, "aux_weight", 0.0)
 
-    def criterion(out, target):
-        loss = segmentation_loss(main_logits(out), target, weight, gamma)
+    def criterion(out, target, total=None):
+        loss = segmentation_loss(main_logits(out), target, weight, gamma, total)
         if isinstance(out, dict) and out.get("aux") is not None and aux_weight > 0:
-            loss = loss + aux_weight * segmentation_loss(out["aux"], target, weight, gamma)
+            loss = loss + aux_weight * segmentation_loss(out["aux"], target, weight, gamma,
+                                                         total)
         return alpha * loss
 
+    criterion.total = lambda target: loss_normaliser(target, weight, gamma)
     return criterion
 
 
@@ -381,26 +398,31 @@ def build_augment(args):
 LOG_EVERY = 20  # steps between the host reads of the running loss (each one syncs)
 
 
-def train_step(model, x, y, optimizer, criterion, device, amp=True, clip_grad=0.0):
+def train_step(model, x, y, optimizer, criterion, device, amp=True, clip_grad=0.0, scaler=None,
+               micro=None):
     """One optimizer step on a prepared batch; returns the loss as a device tensor (no sync).
-    clip_grad > 0 clips the gradients' global norm first."""
-    with autocast(device, amp):
-        out = model(x.contiguous(memory_format=memory_format(device)))
-    loss = criterion(out, y)  # fp32 on the fp32 view of the logits
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if clip_grad > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-    optimizer.step()
-    return loss.detach()
+    clip_grad > 0 clips the gradients' global norm first; `micro` (training.MicroBatch) splits
+    the step into micro-batches whose losses are normalised for the whole batch."""
+    split = micro is not None and micro.size is not None and micro.size < len(x)
+    total = criterion.total(y) if split or (micro is not None and micro.halve_on_oom) else None
+
+    def loss_of(start, stop):
+        with autocast(device, amp):
+            out = model(x[start:stop].contiguous(memory_format=memory_format(device)))
+        return criterion(out, y[start:stop], total), None  # fp32 on the fp32 view of the logits
+
+    loss, _ = training.optimizer_step(model, optimizer, len(x), loss_of, micro, clip_grad,
+                                      scaler)
+    return loss
 
 
 def train_one_epoch(model, optimizer, scheduler, train, args, device, epoch, stop=None):
-    """One epoch over train = (images, masks, augment, criterion) -> {train_loss} (mean over all
+    """One epoch over train = (images, masks, augment, criterion, GradScaler, MicroBatch) ->
+    {train_loss} (mean over all
     ranks); the host reads the loss only every LOG_EVERY steps. The data order and the
     augmentations come from (seed, epoch) alone, so --resume replays the epoch; under torchrun
     each rank takes its share of the global --batch-size."""
-    images, masks, augment, criterion = train
+    images, masks, augment, criterion, scaler, micro = train
     model.train()
     batch_size = min(args.batch_size, len(images))  # the global batch
     order, augment.generator = epoch_generators(args.seed, epoch, images.device)
@@ -411,7 +433,8 @@ def train_one_epoch(model, optimizer, scheduler, train, args, device, epoch, sto
                dynamic_ncols=True, disable=not is_main_process())
     for step, idx in enumerate(bar, 1):
         x, y = augment(images.batch(idx), masks.batch(idx))   # (B, 3, S, S) float, (B, S, S) int64
-        total += train_step(model, x, y, optimizer, criterion, device, args.amp, args.clip_grad)
+        total += train_step(model, x, y, optimizer, criterion, device, args.amp, args.clip_grad,
+                            scaler, micro)
         scheduler.step()
         if stop:
             stop.check(epoch - 1)
@@ -482,7 +505,9 @@ def train(args, build_model=p2_common.build_model):
                                   round(args.warmup_epochs * steps_per_epoch))
 
     # ---- resume --------------------------------------------------------------------------------
-    ckpts = Checkpoints(out, args, "p2_segmenter", model, optimizer, scheduler, "val_miou")
+    scaler = grad_scaler(device, args.amp)
+    ckpts = Checkpoints(out, args, "p2_segmenter", model, optimizer, scheduler, "val_miou",
+                        scaler=scaler)
     start_epoch = ckpts.resume(expect={"model_name": args.model_name}) if args.resume else 1
     print_run_header(args, device, batch_size, args.lr)
     print(f"{len(train_ids)} train / {len(val_ids)} val pairs, {steps_per_epoch} steps per epoch, "
@@ -494,7 +519,8 @@ def train(args, build_model=p2_common.build_model):
     ddp_model = distribute_model(model, device, find_unused_parameters=unused_aux)
     step_model = torch.compile(ddp_model) if args.compile else ddp_model
     eval_model = step_model if world_size() == 1 else model  # sharded validation: no collectives
-    train = (train_x, train_y, build_augment(args), criterion)
+    micro = training.MicroBatch(args.micro_batch, device)
+    train = (train_x, train_y, build_augment(args), criterion, scaler, micro)
     snapshot = (snap_ids, snap_images, snap_truths)
     curves = LiveCurves(out / "log.jsonl", out / "curves.png", ["train_loss", "val_miou", "lr"],
                         title=f"{args.model_name}: {out}")
@@ -515,7 +541,8 @@ def train(args, build_model=p2_common.build_model):
                       "val_iou": cm.per_class(), "lr": scheduler.get_last_lr()[0],
                       "images_per_s": round(min(len(train_ids), steps_per_epoch * batch_size)
                                             / train_seconds, 2),
-                      "seconds": round(time.perf_counter() - t0, 1)}
+                      "seconds": round(time.perf_counter() - t0, 1),
+                      "micro_batch": micro.size}  # None: the whole batch per forward
             if is_main_process() and snap_ids:  # before last.pth: a resumed run has them all
                 (out / "snapshots").mkdir(exist_ok=True)
                 np.savez_compressed(out / "snapshots" / f"epoch_{epoch:03d}.npz",

@@ -11,8 +11,9 @@ checkpoints/p2_B.pth beside this script, or $HW1_P2_CHECKPOINT when set; `--chec
 is any best.pth / last.pth / epoch_XXX.pth of p2_train_fcn32s.py or p2_train_deeplabv3.py: it
 names its model and carries the flags it was trained with, so the network is rebuilt from it
 with no weight download. Images are decoded in threads a few batches ahead, grouped by size
-and predicted in batches (bf16 on GPU). Any size works (the mask has the input's size) and any
-mode PIL reads (grayscale, CMYK, 16-bit) is read as RGB. An unreadable image is reported and
+and predicted in batches (on a GPU in the precision the checkpoint's run validated in). Any
+size works (the mask has the input's size) and any mode PIL reads (grayscale, CMYK, 16-bit) is
+read as RGB. An unreadable image is reported and
 skipped: the others are still written, then each failure is listed and the run exits with
 status 1. Nothing in OUTPUT_DIR is touched but the xxxx_mask.png files of the inputs.
 Mistakes (missing folder, wrong checkpoint, unwritable output) end in one line naming the
@@ -58,8 +59,10 @@ def get_args_parser():
     parser.add_argument("--tta", action=cli.BooleanFlag, default=False,
                         help="average the softmax over the image and its h/v flips (3x slower)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
-    parser.add_argument("--amp", action=cli.BooleanFlag, default=True,
-                        help="bf16 autocast on CUDA")
+    parser.add_argument("--amp", action=cli.BooleanFlag, default=None,
+                        help="autocast on CUDA (bf16, fp16 before compute capability 8.0); by "
+                             "default as the checkpoint's run validated (its --amp): fp32 for "
+                             "the report recipe")
     parser.add_argument("--workers", type=int, default=8, help="threads decoding and writing")
     return parser
 
@@ -86,7 +89,6 @@ def decoded(pool, paths, ahead):
 
 def main(args):
     device = get_device(args.device)
-    setup_precision(device, args.amp)
     in_dir, out_dir = Path(args.input_dir), Path(args.output_dir)
     if not in_dir.is_dir():
         raise UserError(f"input folder {in_dir} does not exist; pass the folder of the "
@@ -95,7 +97,9 @@ def main(args):
     if not paths:
         raise UserError(f"no *_sat.jpg images in {in_dir}; inputs must be named xxxx_sat.jpg")
     writable_dir(out_dir, "--output-dir")
-    model = load_segmenter(args.checkpoint, device)
+    model, run_args = load_segmenter(args.checkpoint, device)
+    amp = run_args.get("amp", True) if args.amp is None else args.amp
+    setup_precision(device, amp)
 
     failures, writes, done = [], [], 0
     t0 = time.time()
@@ -103,7 +107,7 @@ def main(args):
 
         def run(batch):  # batch: [(path, (H, W, 3) uint8)] of one size
             x = torch.from_numpy(np.stack([a for _, a in batch])).permute(0, 3, 1, 2)  # (B,3,H,W)
-            pred = predict(model, x, device, args.amp, args.tta).to(torch.uint8).cpu().numpy()
+            pred = predict(model, x, device, amp, args.tta).to(torch.uint8).cpu().numpy()
             for (path, _), mask in zip(batch, pred):
                 target = out_dir / (path.name[: -len("_sat.jpg")] + "_mask.png")
                 writes.append((path, pool.submit(write_mask, target, mask)))

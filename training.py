@@ -13,6 +13,7 @@ import math
 import signal
 import sys
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -96,7 +97,80 @@ def print_run_header(args, device, batch_size=None, lr=None):
              if distributed.in_process_group() else "")
           + (f" | batch {batch_size}" if batch_size is not None else "")
           + (f" | lr {lr:g}" if lr is not None else ""))
+    if hasattr(args, "amp"):
+        print(f"precision: {utils.precision_name(device, args.amp)}")
     print("args: " + json.dumps({k: _jsonable(v) for k, v in sorted(vars(args).items())}))
+
+
+class MicroBatch:
+    """--micro-batch: how many images one forward pass takes. A whole number N splits each
+    optimizer step into micro-batches of at most N whose gradients accumulate (optimizer_step);
+    "auto" runs the whole batch at once and, on CUDA, halves the micro-batch when a step runs
+    out of memory, redoing that step, with one line that says so."""
+
+    def __init__(self, value="auto", device="cpu", smallest=1):
+        self.auto = value in (None, "auto")
+        if not self.auto and (not str(value).isdigit() or int(value) < smallest):
+            raise UserError(f"--micro-batch {value!r} must be auto or a whole number of at "
+                            f"least {smallest}")
+        self.size = None if self.auto else int(value)
+        self.smallest = smallest
+        self.halve_on_oom = self.auto and torch.device(device).type == "cuda"
+
+    def halved(self, batch_size):
+        """After a CUDA out-of-memory error at this size: the next size, or a UserError."""
+        now = min(self.size or batch_size, batch_size)
+        if not self.halve_on_oom or now // 2 < self.smallest:
+            raise UserError(f"CUDA out of memory with micro-batches of {now} image(s); lower "
+                            "--batch-size or --image-size, or free the GPU") from None
+        self.size = now // 2
+        print(f"CUDA out of memory at a micro-batch of {now}: redoing the step in micro-batches "
+              f"of {self.size} (the gradients add up to the same step)", flush=True)
+        return self.size
+
+
+def optimizer_step(model, optimizer, batch_size, loss_of, micro=None, clip_grad=0.0,
+                   scaler=None):
+    """One optimizer step over a batch of `batch_size` rows, in micro-batches (`micro`, a
+    MicroBatch; None: all rows at once).
+
+    loss_of(start, stop) runs the forward of rows start:stop and returns (their loss,
+    normalised for the WHOLE batch, so that the losses of the micro-batches add up to the
+    batch's; anything else, collected into a list). The gradients accumulate (under
+    DistributedDataParallel only the last micro-batch synchronises them); clip_grad > 0 clips
+    their global norm (of the unscaled gradients); the step goes through `scaler` when given.
+    Returns (the summed loss, detached, still on the device; the list of the other values)."""
+    while True:
+        size = min(micro.size or batch_size, batch_size) if micro is not None else batch_size
+        try:
+            optimizer.zero_grad(set_to_none=True)
+            starts = list(range(0, batch_size, size))
+            total, others = 0.0, []
+            for i, start in enumerate(starts):
+                no_sync = getattr(model, "no_sync", None)
+                last = i == len(starts) - 1
+                with (no_sync() if no_sync is not None and not last else nullcontext()):
+                    loss, other = loss_of(start, min(start + size, batch_size))
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                total = total + loss.detach()
+                others.append(other)
+            break
+        except torch.cuda.OutOfMemoryError:
+            if micro is None:
+                raise
+            optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            micro.halved(batch_size)
+    if clip_grad > 0:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return total, others
 
 
 def steps_per_epoch(n, batch_size, args):
@@ -139,7 +213,13 @@ def add_hardware_args(group, compile_help="torch.compile the model"):
     group.add_argument("--device", default=None,
                        help="cuda, cuda:1 or cpu (default: cuda if present)")
     group.add_argument("--amp", default=True, action=cli.BooleanFlag,
-                       help="bf16 autocast on CUDA (no effect on CPU)")
+                       help="autocast on CUDA: bf16 where the card has it natively (compute "
+                       "capability 8.0+), else fp16 with a GradScaler; no effect on CPU")
+    group.add_argument("--micro-batch", default="auto",
+                       help="images per forward pass: each step's gradients accumulate over "
+                       "micro-batches of at most N, so the batch, the lr and the loss's "
+                       "normalisation stay the recipe's (BatchNorm sees the micro-batches); "
+                       "auto: the whole batch, halved on CUDA out of memory (one line says so)")
     group.add_argument("--compile", default=False, action=cli.BooleanFlag,
                        help=compile_help)
     group.add_argument("--seed", default=0, type=int,
@@ -329,9 +409,11 @@ class Checkpoints:
     epoch included. Under torchrun only rank 0 writes; every rank tracks the best.
     """
 
-    def __init__(self, out, args, kind, model, optimizer, scheduler, metric, mode="max"):
+    def __init__(self, out, args, kind, model, optimizer, scheduler, metric, mode="max",
+                 scaler=None):
         self.out, self.args, self.kind, self.metric, self.mode = Path(out), args, kind, metric, mode
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.scaler = scaler
         self.best = -math.inf if mode == "max" else math.inf
         self.best_epoch = 0
 
@@ -339,7 +421,8 @@ class Checkpoints:
         """Restore last.pth (see resume_run) -> the first epoch to run."""
         start, best, self.best_epoch = resume_run(self.out, self.model, self.optimizer,
                                                   self.scheduler, kind=self.kind,
-                                                  best_metric=self.best, expect=expect)
+                                                  scaler=self.scaler, best_metric=self.best,
+                                                  expect=expect)
         self.best = self.best if best is None else best
         return start
 
@@ -350,8 +433,8 @@ class Checkpoints:
 
     def save(self, name, epoch, full=False):
         utils.save_checkpoint(self.out / name, self.model, *(
-            (self.optimizer, self.scheduler) if full else ()), kind=self.kind, epoch=epoch,
-            best_metric=self.best, best_epoch=self.best_epoch, args=self.args)
+            (self.optimizer, self.scheduler, self.scaler) if full else ()), kind=self.kind,
+            epoch=epoch, best_metric=self.best, best_epoch=self.best_epoch, args=self.args)
 
     def end_epoch(self, epoch, record, keep=False):
         """Log and save epoch `epoch` -> whether it is the best so far."""

@@ -72,11 +72,42 @@ def setup_precision(device, amp=True):
         torch.backends.cudnn.allow_tf32 = True
 
 
+def amp_dtype(device):
+    """The autocast dtype of a CUDA device: bf16 where the card computes it natively (compute
+    capability 8.0 or more: A100, RTX 30xx/40xx, H100), fp16 before (T4, V100, RTX 20xx, where
+    PyTorch runs bf16 convolutions without cuDNN, slower than fp32). None off CUDA."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+
+
 def autocast(device, enabled=True):
-    """bf16 autocast on CUDA, a no-op elsewhere: the one precision path of every training step."""
+    """bf16 (fp16 before Ampere) autocast on CUDA, a no-op elsewhere: the one precision path of
+    every training step."""
     if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=amp_dtype(device))
     return contextlib.nullcontext()
+
+
+def grad_scaler(device, enabled=True):
+    """A GradScaler where autocast runs in fp16 (its gradients would underflow unscaled), a
+    disabled one (which passes everything through) elsewhere."""
+    on = bool(enabled) and amp_dtype(device) == torch.float16
+    return torch.amp.GradScaler("cuda", enabled=on)
+
+
+def precision_name(device, enabled=True):
+    """What a run computes in, for its first lines: fp32, bf16 autocast or fp16 autocast with a
+    GradScaler, and why."""
+    dtype = amp_dtype(device) if enabled else None
+    if dtype is None:
+        return "fp32" + ("" if enabled else " (--no-amp)")
+    major, minor = torch.cuda.get_device_capability(torch.device(device))
+    if dtype == torch.bfloat16:
+        return f"bf16 autocast (compute capability {major}.{minor})"
+    return (f"fp16 autocast + GradScaler (compute capability {major}.{minor}: no native bf16 "
+            "before 8.0)")
 
 
 def memory_format(device):

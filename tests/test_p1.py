@@ -30,6 +30,7 @@ import p1_inference
 import p1_pretrain_byol
 import p1_tsne
 import records
+import training
 import utils
 
 REPO = Path(__file__).resolve().parents[1]
@@ -548,3 +549,23 @@ def test_validation_and_inference_feed_the_model_the_same_tensor(varied_checkpoi
     expected = torch.stack([preprocess(p, margs["bank_size"], margs["image_size"])
                             for p in bank.paths])
     torch.testing.assert_close(inference, expected, atol=1e-5, rtol=0)
+
+
+def test_micro_batches_give_the_fine_tuning_steps_gradient(tmp_path):
+    """p1_finetune's step at batch 6 in micro-batches of 2 accumulates the whole batch's
+    gradient (each micro-batch's mean loss counted for its share); BatchNorm and Dropout in
+    eval mode, so that both see the same network."""
+    x, y = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1])
+    criterion = p1_finetune.make_criterion(SimpleNamespace(label_smoothing=0.1))
+    grads = []
+    for micro in (None, training.MicroBatch("2", smallest=2)):
+        torch.manual_seed(0)
+        model = p1_common.Classifier(4).eval()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        loss, right = p1_finetune.train_step(model, x, y, optimizer, criterion,
+                                             torch.device("cpu"), micro=micro)
+        grads.append((loss.item(), int(right), [p.grad.clone() for p in model.parameters()]))
+    assert grads[1][0] == pytest.approx(grads[0][0], rel=1e-6) and grads[1][1] == grads[0][1]
+    assert max(g.abs().max().item() for g in grads[0][2]) > 1e-2  # gradients worth comparing
+    for a, b in zip(grads[0][2], grads[1][2]):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)  # float sums in another order

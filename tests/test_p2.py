@@ -24,6 +24,7 @@ import p2_engine
 import p2_evaluate
 import p2_inference
 import p2_train_deeplabv3
+import training
 from data import PALETTE
 from errors import UserError
 from records import read_jsonl
@@ -565,13 +566,14 @@ def test_validation_and_inference_feed_the_model_the_same_tensor(varied_checkpoi
                                                                  tmp_path, monkeypatch):
     """One preprocessing: for the same images, p2_engine's validation and p2_inference.py
     (hw1_2.sh) give the network identical tensors, equal to read_normalised's."""
-    model = p2_common.load_segmenter(varied_checkpoint, torch.device("cpu"))
+    model, run_args = p2_common.load_segmenter(varied_checkpoint, torch.device("cpu"))
     folder = tiny_data / "validation"
     _, images, masks = p2_engine.load_split(folder)
     in_validation = Recorder(model)
     p2_engine.evaluate(in_validation, images, masks, 3, torch.device("cpu"))
     in_inference = Recorder(model)
-    monkeypatch.setattr(p2_inference, "load_segmenter", lambda path, device: in_inference)
+    monkeypatch.setattr(p2_inference, "load_segmenter",
+                        lambda path, device: (in_inference, run_args))
     p2_inference.main(p2_inference.get_args_parser().parse_args(
         ["--input-dir", str(folder), "--output-dir", str(tmp_path / "pred"), "--checkpoint",
          str(varied_checkpoint), "--device", "cpu", "--batch-size", "2", "--workers", "2"]))
@@ -580,3 +582,59 @@ def test_validation_and_inference_feed_the_model_the_same_tensor(varied_checkpoi
     assert torch.equal(validation, inference)
     expected = torch.cat([read_normalised(p) for p in sorted(folder.glob("*_sat.jpg"))])
     torch.testing.assert_close(inference, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("micro_batch, loss", [(2, "ce"), (3, "focal")])
+def test_micro_batches_give_the_steps_gradient_and_weights(tiny_data, micro_batch, loss):
+    """One FCN32s step at batch 4 in micro-batches of 2 (or 3 + 1) accumulates the gradient of
+    the whole step and takes the same AdamW step (clipped at 1.0), the class-weighted losses
+    normalised for the whole batch: the report's weighted CE and its weighted focal loss.
+    Dropout off (eval mode) so that both see the same network."""
+    torch.manual_seed(0)
+    _, images, masks = p2_engine.load_split(tiny_data / "train")
+    x = augment.normalize(augment.to_float(images.images))            # (4, 3, 64, 64)
+    y = masks.images.long()
+    args = argparse.Namespace(loss=loss, focal_gamma=2.0, class_weights="1,1,5,1,1,1,2",
+                              aux_weight=0.0)
+    criterion = p2_engine.make_criterion(args)
+    results = []
+    for micro in (None, training.MicroBatch(str(micro_batch))):
+        torch.manual_seed(1)
+        model = p2_common.build_fcn32s({"pretrained": False, "fc_init": "fresh",
+                                        "upscore_init": "random"}).eval()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+        loss_value = p2_engine.train_step(model, x, y, optimizer, criterion,
+                                          torch.device("cpu"), clip_grad=1.0, micro=micro)
+        results.append((loss_value, [p.grad.clone() for p in model.parameters()],
+                        [p.detach().clone() for p in model.parameters()]))
+    (loss_a, grads_a, weights_a), (loss_b, grads_b, weights_b) = results
+    assert loss_b.item() == pytest.approx(loss_a.item(), rel=1e-5)
+    assert max(g.abs().max().item() for g in grads_a) > 1e-5  # gradients worth comparing
+    for ga, gb in zip(grads_a, grads_b):
+        torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-7)
+    for wa, wb in zip(weights_a, weights_b):
+        torch.testing.assert_close(wb, wa, rtol=0, atol=1e-5)
+
+
+def test_inference_runs_in_the_precision_the_checkpoint_was_validated_in(varied_checkpoint,
+                                                                         odd_images, tmp_path,
+                                                                         monkeypatch):
+    """hw1_2.sh's default precision is the run's own (--amp of its args: the report recipe
+    validates in fp32); --amp / --no-amp choose."""
+    ckpt = torch.load(varied_checkpoint, weights_only=False)
+    folder, _ = odd_images
+    for saved, flag, want in ((False, [], False), (True, [], True), (False, ["--amp"], True),
+                              (True, ["--no-amp"], False)):
+        ckpt["args"]["amp"] = saved
+        path = tmp_path / f"run_{saved}.pth"
+        torch.save(ckpt, path)
+        used = []
+        monkeypatch.setattr(p2_inference, "setup_precision", lambda d, amp: used.append(amp))
+        predict = p2_common.predict
+        monkeypatch.setattr(p2_inference, "predict",
+                            lambda m, x, d, amp, tta: used.append(amp) or predict(m, x, d, amp,
+                                                                                  tta))
+        p2_inference.main(p2_inference.get_args_parser().parse_args(
+            ["--input-dir", str(folder), "--output-dir", str(tmp_path / "out"),
+             "--checkpoint", str(path), "--device", "cpu", "--batch-size", "4", *flag]))
+        assert used and set(used) == {want}, (saved, flag, used)

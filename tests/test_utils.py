@@ -15,6 +15,7 @@ from PIL import Image
 
 import augment
 import data
+import errors
 import metrics
 import p2_evaluate
 import records
@@ -512,3 +513,69 @@ def test_live_curves_redraw_after_the_interval_and_on_leaving_except_after_a_cra
     with records.LiveCurves(log, png, ["loss"]):  # no epoch done: nothing to draw
         pass
     assert not png.exists()
+
+
+def test_micro_batches_halve_after_out_of_memory_and_redo_the_step(capsys):
+    """--micro-batch auto on CUDA: a step that runs out of memory is redone in halves, with one
+    line that says so, and gives the gradient of the whole batch; an explicit size that runs
+    out of memory, or one image, is a one-line error. (Out of memory is simulated here: any
+    forward of more than 2 rows raises it.)"""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+
+    def step(micro):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        sizes = []
+
+        def loss_of(start, stop):
+            if stop - start > 2:
+                raise torch.cuda.OutOfMemoryError("simulated")
+            sizes.append(stop - start)
+            return ((model(x[start:stop]) - y[start:stop]) ** 2).sum() / len(x), None
+
+        training.optimizer_step(model, optimizer, len(x), loss_of, micro)
+        return sizes, model.weight.grad.clone()
+
+    micro = training.MicroBatch("auto", "cpu")
+    micro.halve_on_oom = True  # as on CUDA
+    sizes, grad = step(micro)
+    assert sizes == [2, 2, 2, 2] and micro.size == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["CUDA out of memory at a micro-batch of 8: redoing the step in "
+                     "micro-batches of 4 (the gradients add up to the same step)",
+                     "CUDA out of memory at a micro-batch of 4: redoing the step in "
+                     "micro-batches of 2 (the gradients add up to the same step)"]
+    model.zero_grad()
+    ((model(x) - y) ** 2).mean().backward()
+    torch.testing.assert_close(grad, model.weight.grad)
+    with pytest.raises(errors.UserError, match="out of memory with micro-batches of 4"):
+        step(training.MicroBatch("4", "cuda"))  # an explicit size is not changed
+    with pytest.raises(errors.UserError, match="--micro-batch 'x' must be auto or a whole"):
+        training.MicroBatch("x")
+
+
+def test_autocast_is_bf16_from_compute_capability_8_and_fp16_with_a_scaler_before(monkeypatch):
+    """T4, V100, RTX 20xx (compute capability 7.x) run bf16 convolutions without cuDNN: those
+    cards get fp16 autocast and a GradScaler; 8.0 and later bf16 and no scaler; the CPU fp32.
+    The first lines of a run name the choice."""
+    scalers = []
+    monkeypatch.setattr(torch.amp, "GradScaler",
+                        lambda device, enabled=True: scalers.append((device, enabled)))
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for capability, dtype in (((7, 5), torch.float16), ((8, 0), torch.bfloat16),
+                              ((9, 0), torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: capability)
+        assert utils.amp_dtype(cuda) is dtype
+        assert utils.autocast(cuda).fast_dtype is dtype
+        utils.grad_scaler(cuda)
+        utils.grad_scaler(cuda, enabled=False)
+        assert scalers[-2:] == [("cuda", dtype is torch.float16), ("cuda", False)]
+    assert utils.precision_name(cuda) == "bf16 autocast (compute capability 9.0)"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (7, 5))
+    assert utils.precision_name(cuda).startswith("fp16 autocast + GradScaler (compute "
+                                                 "capability 7.5")
+    assert utils.precision_name(cuda, enabled=False) == "fp32 (--no-amp)"
+    assert utils.amp_dtype(cpu) is None and utils.precision_name(cpu) == "fp32"
+    utils.grad_scaler(cpu)
+    assert scalers[-1] == ("cuda", False)

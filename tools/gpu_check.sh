@@ -3,13 +3,14 @@
 # budget (GPU_CHECK_BUDGET seconds, default 480), in this order, each stage cut to what is left:
 #   1. tests/test_cuda.py: bf16 vs fp32, no host sync in a step, channels_last and fused
 #      optimizers on, NCCL under torchrun, GPU checkpoint -> CPU masks, SAM bf16, compile;
-#   2. bench.py --device cuda at full size (ours vs the seed-style baseline, peak memory, %peak,
+#   2. tools/memory_plan.py --check: one real step per recipe, peak memory against the plan;
+#   3. bench.py --device cuda at full size (ours vs the seed-style baseline, peak memory, %peak,
 #      host syncs per step), with torch.profiler's top kernels of ours per workload;
-#   3. bench.py --ablate (BYOL and DeepLabV3, each tuning switch off in turn);
-#   4. bench.py --compile (fine-tuning and DeepLabV3 under torch.compile), if time is left.
+#   4. bench.py --ablate (BYOL and DeepLabV3, each tuning switch off in turn);
+#   5. bench.py --compile (fine-tuning and DeepLabV3 under torch.compile), if time is left.
 # Usage: bash tools/gpu_prepare.sh here (wheels into .gpu/), then on the machine:
 #   bash tools/gpu_check.sh [OUT_DIR]     (default: $OUT, else results/gpu)
-# Results: OUT_DIR/{env.txt, gpu_check.log, bench_cuda.json, profile_cuda.txt,
+# Results: OUT_DIR/{env.txt, gpu_check.log, memory_plan.json, bench_cuda.json, profile_cuda.txt,
 # bench_ablate.json, bench_compile.json}; bench.py saves its JSON after every workload, so a stage cut at its
 # limit (SIGINT, reported as "cut", not as a failure) keeps what it measured. Exit status: 0
 # when no stage failed.
@@ -67,6 +68,7 @@ cat "$out/env.txt" | tee -a "$log"
 stage tests 200 python3 -c "import signal, sys, pytest
 signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/test_cuda.py']))"
+stage memory 60 python3 tools/memory_plan.py --check --json "$out/memory_plan.json"
 stage bench 210 python3 bench.py --device cuda --json "$out/bench_cuda.json" \
     --profile "$out/profile_cuda.txt"
 stage ablate 120 python3 bench.py --device cuda --only byol deeplabv3 --ablate --steps 10 \
