@@ -341,3 +341,42 @@ def test_exact_segmentation_rotation_resamples_by_nearest():
     assert pixels <= colours  # no blend of two blocks anywhere
     assert distinct(out) >= B // 2  # 61 whole angles: two images may draw the same one
     assert_mask_follows_image(out, out_mask, min_share=0.99)
+
+
+def test_exact_jitter_applies_its_factors_in_each_images_own_order(monkeypatch):
+    """ColorJitter's randperm(4), per image: with the same factors (the same generator), the
+    order [0, 1, 2, 3] gives the fixed order's result, the reverse another one where clamping
+    makes the order matter, and each image follows its own row of `order`; exact=True draws a
+    permutation per image."""
+    image = torch.full((B, 3, 8, 8), 230, dtype=torch.uint8)
+    image[:, 0] = 40  # a bright, saturated colour: brightness clamps, hue moves it
+    x = image.float() / 255
+
+    def jitter(order):
+        aug = augment.ClassificationAugment(8, **{**OFF, "jitter": (0.3, 0.3, 0.3, 0.2),
+                                                  "p_jitter": 1.0},
+                                            generator=torch.Generator().manual_seed(0))
+        return aug._jitter(x.clone(), order)
+
+    fixed = jitter(None)
+    forward = torch.arange(4).repeat(B, 1)
+    torch.testing.assert_close(jitter(forward), fixed, rtol=0, atol=0)
+    backward = forward.flip(1)
+    reversed_ = jitter(backward)
+    assert not torch.allclose(reversed_, fixed, atol=1e-3)
+    mixed = torch.where(torch.arange(B).view(-1, 1) < B // 2, forward, backward)
+    both = jitter(mixed)
+    torch.testing.assert_close(both[:B // 2], fixed[:B // 2], rtol=0, atol=0)
+    torch.testing.assert_close(both[B // 2:], reversed_[B // 2:], rtol=0, atol=0)
+
+    orders = []
+    aug = augment.ClassificationAugment(8, **{**OFF, "jitter": (0.3, 0.3, 0.3, 0.2),
+                                              "p_jitter": 1.0}, exact=True,
+                                        generator=torch.Generator().manual_seed(0))
+    real = aug._jitter
+    monkeypatch.setattr(aug, "_jitter", lambda x, order: orders.append(order) or real(x, order))
+    aug(image)
+    order = orders[0]
+    assert order.shape == (B, 4)
+    assert torch.equal(order.sort(1).values, forward)  # each row a permutation of 0..3
+    assert len({tuple(r) for r in order.tolist()}) >= B // 2  # drawn per image

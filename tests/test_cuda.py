@@ -28,6 +28,7 @@ import p2_engine
 import p2_inference
 import p2_sam
 import p2_train_deeplabv3
+import p2_train_fcn32s
 import records
 import training
 import utils
@@ -58,18 +59,19 @@ def no_host_sync(step, *args):
         torch.cuda.set_sync_debug_mode("default")
 
 
-def byol_learner(size=64, batch=32):
+def byol_learner(size=64, batch=32, aug="report"):
     args = p1_pretrain_byol.get_args_parser().parse_args(
         ["--data-dir", "unused", "--batch-size", str(batch), "--image-size", str(size),
          "--projection-hidden-size", "512"])
     torch.manual_seed(0)
     learner = p1_pretrain_byol.build_learner(
-        args, DEVICE, p1_pretrain_byol.build_views("report", size, DEVICE))
+        args, DEVICE, p1_pretrain_byol.build_views(aug, size, DEVICE))
     return args, learner
 
 
-def test_byol_bf16_loss_matches_fp32_and_the_step_never_syncs():
-    args, learner = byol_learner()
+@pytest.mark.parametrize("aug", ["report+lib", "byol"])  # the two recipes' views
+def test_byol_bf16_loss_matches_fp32_and_the_step_never_syncs(aug):
+    args, learner = byol_learner(aug=aug)
     x = torch.randint(0, 256, (32, 3, 72, 72), dtype=torch.uint8, device=DEVICE)
     state = copy.deepcopy(learner.state_dict())
     losses = {}
@@ -101,7 +103,7 @@ def test_byol_bf16_loss_matches_fp32_and_the_step_never_syncs():
     assert any(moved)  # the EMA update ran inside the synchronisation-free step
 
 
-def test_finetune_and_segmentation_steps_never_sync(tmp_path, samples_dir):
+def test_finetune_step_never_syncs():
     # fine-tuning: augmentation on the device, bf16, fused AdamW
     args = p1_finetune.get_args_parser().parse_args(
         ["--setting", "A", "--data-dir", "unused", "--batch-size", "16", "--image-size", "64",
@@ -124,10 +126,17 @@ def test_finetune_and_segmentation_steps_never_sync(tmp_path, samples_dir):
         finetune_step()
     assert torch.isfinite(no_host_sync(finetune_step))
 
-    # DeepLabV3-ResNet50 on the real samples: the step of p2_engine.train_one_epoch
-    seg_args = p2_train_deeplabv3.get_args_parser().parse_args(
-        ["--data-dir", "unused", "--no-pretrained", "--image-size", "64"])
-    net = p2_common.build_deeplabv3(vars(seg_args), load_pretrained=False)
+
+@pytest.mark.parametrize("module, recipe", [(p2_train_fcn32s, "report"),
+                                            (p2_train_deeplabv3, "report"),
+                                            (p2_train_deeplabv3, "strong")],
+                         ids=["fcn32s-report", "deeplabv3-report", "deeplabv3-strong"])
+def test_segmentation_steps_never_sync(tmp_path, samples_dir, module, recipe):
+    """The step of p2_engine.train_one_epoch, on the real samples, with each recipe's loss
+    (class weights, focal alpha), clipping and precision."""
+    seg_args = module.get_args_parser().parse_args(
+        ["--data-dir", "unused", "--no-pretrained", "--image-size", "64", "--recipe", recipe])
+    net = p2_common.build_model(vars(seg_args), load_pretrained=False)
     net.to(DEVICE, memory_format=utils.memory_format(DEVICE))
     seg_opt = p2_engine.make_optimizer(net, seg_args, DEVICE)
     seg_sched = training.make_lr_scheduler(seg_opt, seg_args.schedule, 100)
@@ -141,7 +150,8 @@ def test_finetune_and_segmentation_steps_never_sync(tmp_path, samples_dir):
 
     def seg_step():
         x, y = seg_augment(images.batch(idx), masks.batch(idx))
-        loss = p2_engine.train_step(net, x, y, seg_opt, criterion, DEVICE)
+        loss = p2_engine.train_step(net, x, y, seg_opt, criterion, DEVICE, seg_args.amp,
+                                    seg_args.clip_grad)
         seg_sched.step()
         return loss
 
