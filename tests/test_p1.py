@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 
 import errors
 import p1_common
+import p1_evaluate
 import p1_finetune
 import p1_inference
 import p1_pretrain_byol
@@ -508,6 +509,8 @@ def test_logged_best_accuracy_is_the_accuracy_of_hw1_1s_csv(finetune_all, data, 
     got = read_rows(tmp_path / "pred.csv")[1:]
     assert [r[0] for r in got] == names and len(names) == 8
     accuracy = sum(int(label) == int(name.split("_")[0]) for name, label in got) / len(got)
+    assert p1_evaluate.main(parse(p1_evaluate, "--pred", tmp_path / "pred.csv", "--labels",
+                                  tmp_path / "val.csv")) == accuracy
     log = records.read_jsonl(run / "log.jsonl")
     assert accuracy == max(r["val_acc"] for r in log) == finetune_all.table["C"]["best_val_acc"]
     assert ckpt["epoch"] == finetune_all.table["C"]["best_epoch"]
@@ -569,3 +572,34 @@ def test_micro_batches_give_the_fine_tuning_steps_gradient(tmp_path):
     assert max(g.abs().max().item() for g in grads[0][2]) > 1e-2  # gradients worth comparing
     for a, b in zip(grads[0][2], grads[1][2]):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)  # float sums in another order
+
+
+def test_p1_evaluate_counts_the_accuracy_by_file_name(tmp_path, capsys):
+    """Accuracy against a count by hand: 6 labelled images, predictions in another order, 4
+    right (classes 0: 2 of 2, 1: 1 of 3, 3: 1 of 1); --json holds the per-class counts."""
+    write_csv(tmp_path / "val.csv", [(0, "0_a.jpg", 0), (1, "1_b.jpg", 1), (2, "0_c.jpg", 0),
+                                     (3, "1_d.jpg", 1), (4, "3_e.jpg", 3), (5, "1_f.jpg", 1)])
+    pred = tmp_path / "pred.csv"
+    pred.write_text("filename,label\n3_e.jpg,3\n1_f.jpg,0\n0_a.jpg,0\n1_b.jpg,1\n"
+                    "0_c.jpg,0\n1_d.jpg,2\n")
+    args = parse(p1_evaluate, "--pred", pred, "--labels", tmp_path / "val.csv", "--json",
+                 tmp_path / "s.json")
+    assert p1_evaluate.main(args) == 4 / 6
+    assert capsys.readouterr().out.splitlines() == ["accuracy: 0.6667 (4/6)"]
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert saved["per_class"] == {"0": {"correct": 2, "total": 2},
+                                  "1": {"correct": 1, "total": 3},
+                                  "3": {"correct": 1, "total": 1}}
+    for text, message in (("filename, label\n", "the course's header is filename,label"),
+                          ("filename,label\n0_a.jpg,0\n", "5 labelled image.*no prediction"),
+                          (pred.read_text() + "9_z.jpg,1\n", "1 prediction.*9_z.jpg"),
+                          (pred.read_text() + "0_a.jpg,1\n", "predicts 0_a.jpg a second"),
+                          ("filename,label\n0_a.jpg,cat\n", "label 'cat'")):
+        pred.write_text(text)
+        with pytest.raises(errors.UserError, match=message):
+            p1_evaluate.main(parse(p1_evaluate, "--pred", pred, "--labels", tmp_path / "val.csv"))
+
+
+def test_p1_evaluate_imports_no_torch(repo_root):
+    code = "import sys, p1_evaluate; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=repo_root).returncode == 0
