@@ -22,6 +22,7 @@ import pytest
 import torch
 import torchvision
 from PIL import Image, ImageDraw
+from test_p2 import Recorder
 
 import errors
 import p1_common
@@ -514,18 +515,6 @@ def test_logged_best_accuracy_is_the_accuracy_of_hw1_1s_csv(finetune_all, data, 
     log = records.read_jsonl(run / "log.jsonl")
     assert accuracy == max(r["val_acc"] for r in log) == finetune_all.table["C"]["best_val_acc"]
     assert ckpt["epoch"] == finetune_all.table["C"]["best_epoch"]
-
-
-class Recorder(torch.nn.Module):
-    """Runs a model and keeps every input it was given."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.inputs = model, []
-
-    def forward(self, x):
-        self.inputs.append(x.detach().clone())
-        return self.model(x)
 
 
 def test_validation_and_inference_feed_the_model_the_same_tensor(varied_checkpoint, data,
