@@ -509,6 +509,20 @@ def machine_line():
     return line
 
 
+def micro_batch_lines(runs):
+    """One line per training run that split its steps into micro-batches (--micro-batch, or
+    auto after running out of GPU memory): BatchNorm then saw the micro-batches, not the
+    recipe's batch. Nothing when every step ran whole."""
+    lines = []
+    for log in sorted(Path(runs).glob("**/log.jsonl")):
+        sizes = sorted({r["micro_batch"] for r in read_jsonl(log) if r.get("micro_batch")})
+        if sizes:
+            lines.append(f"- `{log.parent}`: micro-batches of "
+                         f"{', '.join(map(str, sizes))} image(s) (the gradients of each step "
+                         "accumulated over them; BatchNorm saw the micro-batches)")
+    return ["Micro-batches:", "", *lines, ""] if lines else []
+
+
 def recipe_section(recipe):
     """The recipe's flags per training script, as reproduce.sh writes them into each command
     (recipes.flags), and what they reproduce (REPORT_NOTES) or change (WHY)."""
@@ -556,6 +570,7 @@ def write_report(out, runs_dir=None, arch=True, input_size=512):
     lines += p1_section(out, runs) + [""]
     lines += p2_section(out, runs) + [""]
     lines += recipe_section(info.get("recipe", "report")) + [""]
+    lines += micro_batch_lines(runs)
     lines += learning_section(out, runs, info) + [""]
     lines += sam_section(out, runs, timings) + [""]
     lines += ["## Architectures of models A and B", ""]

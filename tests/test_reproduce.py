@@ -303,3 +303,18 @@ def test_reproduce_smoke_chain_then_skip(repo_root, smoke_out, param_counts):
     assert {s: t["status"] for s, t in timings.items()} == dict.fromkeys(STEPS, "skipped")
     assert {s: t["seconds"] for s, t in timings.items()} == {
         s: t["seconds"] for s, t in first_seconds.items()}
+
+
+def test_results_say_which_runs_used_micro_batches(tmp_path):
+    from records import append_jsonl
+    for run, sizes in (("byol", [None, None]), ("p2_deeplabv3", [None, 8, 4]),
+                       ("p1_finetune/C", [])):
+        (tmp_path / run).mkdir(parents=True)
+        for epoch, size in enumerate(sizes, 1):
+            append_jsonl(tmp_path / run / "log.jsonl", {"epoch": epoch, "micro_batch": size})
+    lines = results_report.micro_batch_lines(tmp_path)
+    assert lines == ["Micro-batches:", "",
+                     f"- `{tmp_path / 'p2_deeplabv3'}`: micro-batches of 4, 8 image(s) (the "
+                     "gradients of each step accumulated over them; BatchNorm saw the "
+                     "micro-batches)", ""]
+    assert results_report.micro_batch_lines(tmp_path / "byol") == []
