@@ -330,3 +330,33 @@ def test_download_sh_is_one_line_too():
     code = [line for line in lines[1:] if line.strip() and not line.lstrip().startswith("#")]
     assert lines[0] == "#!/usr/bin/env bash"
     assert code == ["set -euo pipefail", 'python3 hw1_download.py "$@"']
+
+
+def test_the_default_download_skips_unpublished_checkpoints_with_one_line(tmp_path, monkeypatch,
+                                                                          capsys):
+    """bash hw1_download.sh with no argument: what is in place stays, each checkpoint with no
+    published URL is one line, and the exit status is 0; asked for by name (what
+    hw1_download_ckpt.sh does) the same checkpoints are errors."""
+    data = tmp_path / "hw1_data"
+    for c in dl.ITEMS["data"]["check"]:
+        (data / c).mkdir(parents=True)
+    monkeypatch.setitem(dl.ITEMS, "data", {**dl.ITEMS["data"], "dest": data})
+    monkeypatch.setitem(dl.GETTERS, "torchvision", lambda item: "torchvision weights in place")
+    sam = tmp_path / "sam.pth"
+    sam.write_bytes(b"sam")
+    monkeypatch.setitem(dl.ITEMS, "sam", {"url": "http://127.0.0.1:9/sam", "dest": sam,
+                                          "sha256": hashlib.sha256(b"sam").hexdigest()})
+    for name in ("p1", "p2"):
+        monkeypatch.setitem(dl.ITEMS, name, {"url": "", "sha256": "", "hint": "train it",
+                                             "dest": tmp_path / f"{name}.pth"})
+    rc, out, err = run_main(monkeypatch, capsys, [])
+    assert rc == 0 and err == ""
+    lines = out.splitlines()
+    assert [ln.split("]")[0] + "]" for ln in lines] == ["[data]", "[sam]", "[torchvision]",
+                                                        "[p1]", "[p2]"]
+    for name in ("p1", "p2"):
+        assert [ln for ln in lines if ln.startswith(f"[{name}] not published yet, skipped: "
+                                                    f"{tmp_path / name}.pth is missing")]
+    rc, out, err = run_main(monkeypatch, capsys, ["p1", "p2"])
+    assert rc == 1 and len(err.splitlines()) == 2
+    assert all(ln.startswith(f"[{n}] error: ") for ln, n in zip(err.splitlines(), ("p1", "p2")))

@@ -453,9 +453,10 @@ def test_hw1_1_sh_writes_each_rows_own_prediction(varied_checkpoint, data, tmp_p
     out = tmp_path / "new_dir" / "pred.csv"
     env = {**os.environ, "HW1_P1_CHECKPOINT": str(varied_checkpoint), "CUDA_VISIBLE_DEVICES": "",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(["bash", "hw1_1.sh", str(csv_path), str(tmp_path / "images"),
-                           str(out)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    # run from another folder: the script finds its Python file beside itself
+    proc = subprocess.run(["bash", str(REPO / "hw1_1.sh"), str(csv_path),
+                           str(tmp_path / "images"), str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = read_rows(out)
     assert out.read_text().splitlines()[0] == "filename,label"  # the course's header, no space
@@ -465,11 +466,23 @@ def test_hw1_1_sh_writes_each_rows_own_prediction(varied_checkpoint, data, tmp_p
     assert [int(r[1]) for r in got[1:]] == want
 
 
-def test_hw1_1_sh_is_one_plain_line():
+USAGE_1 = "usage: bash hw1_1.sh TEST_CSV IMAGE_DIR OUTPUT_CSV"
+
+
+def test_hw1_1_sh_is_one_plain_line_with_a_usage_line(tmp_path):
+    """One python3 line, its script found beside hw1_1.sh (no cd), each argument required with
+    a usage line when it is missing."""
     lines = [ln for ln in (REPO / "hw1_1.sh").read_text().splitlines()
              if ln.strip() and not ln.startswith("#")]
     assert lines == ["set -euo pipefail",
-                     'python3 p1_inference.py --csv "$1" --image-dir "$2" --output "$3"']
+                     f'python3 "$(dirname "$0")/p1_inference.py" --csv "${{1:?{USAGE_1}}}" '
+                     f'--image-dir "${{2:?{USAGE_1}}}" --output "${{3:?{USAGE_1}}}"']
+    for argv in ([], ["a.csv"], ["a.csv", "images"]):
+        proc = subprocess.run(["bash", str(REPO / "hw1_1.sh"), *argv], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0 and proc.stdout == ""
+        assert proc.stderr.splitlines() == [
+            f"{REPO / 'hw1_1.sh'}: line 4: {len(argv) + 1}: {USAGE_1}"]
 
 
 def test_inference_skips_unreadable_images_and_fails(finetune_all, data, tmp_path):

@@ -395,8 +395,15 @@ def test_inference_writes_one_palette_mask_per_image_and_scores(run, samples_dir
 def test_hw1_2_sh_is_one_python3_line_and_writes_masks(run, samples_dir, tmp_path, repo_root):
     text = (repo_root / "hw1_2.sh").read_text()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("# ")]
+    usage = "usage: bash hw1_2.sh INPUT_DIR OUTPUT_DIR"
     assert lines[0].startswith("#!") and lines[1] == "set -euo pipefail"
-    assert lines[2:] == ['python3 p2_inference.py --input-dir "$1" --output-dir "$2"']
+    assert lines[2:] == [f'python3 "$(dirname "$0")/p2_inference.py" --input-dir '
+                         f'"${{1:?{usage}}}" --output-dir "${{2:?{usage}}}"']
+    for argv in ([], ["in"]):  # a missing argument: the usage line, nothing run
+        proc = subprocess.run(["bash", "hw1_2.sh", *argv], cwd=repo_root, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode != 0 and proc.stdout == ""
+        assert proc.stderr.splitlines() == [f"hw1_2.sh: line 4: {len(argv) + 1}: {usage}"]
     assert not re.search(r"\b(rm|cp|mv|mkdir|cd|pip|sudo|CUDA_VISIBLE_DEVICES)\b", text)
 
     inp, out = tmp_path / "in", tmp_path / "missing" / "out"  # output folder created on demand
@@ -406,8 +413,9 @@ def test_hw1_2_sh_is_one_python3_line_and_writes_masks(run, samples_dir, tmp_pat
     env = dict(os.environ, HW1_P2_CHECKPOINT=str(run[0] / "best.pth"), OMP_NUM_THREADS="1",
                CUDA_VISIBLE_DEVICES="",  # the grading script picks the GPU when there is one
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    done = subprocess.run(["bash", "hw1_2.sh", str(inp), str(out)], cwd=repo_root, env=env,
-                          capture_output=True, text=True, timeout=300)
+    # from another folder: the script finds p2_inference.py beside itself
+    done = subprocess.run(["bash", str(repo_root / "hw1_2.sh"), str(inp), str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "images/s" in done.stdout
     assert sorted(p.name for p in out.iterdir()) == ["0107_mask.png", "0128_mask.png"]
