@@ -284,8 +284,12 @@ class ImageBank:
         with ThreadPoolExecutor(workers) as pool:
             it = pool.map(fn, paths)
             if progress:
-                from tqdm import tqdm
-                it = tqdm(it, total=len(paths), desc=f"decoding {len(paths)} {kind}s", leave=False)
+                try:  # training's progress bar; the 2025 grading machine has no tqdm
+                    from tqdm import tqdm
+                    it = tqdm(it, total=len(paths), desc=f"decoding {len(paths)} {kind}s",
+                              leave=False)
+                except ImportError:
+                    pass
             arrays = list(it)
         if off_palette:
             print(f"warning: {len(off_palette)} of {len(paths)} masks hold colours outside the "

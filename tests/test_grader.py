@@ -1,7 +1,9 @@
 """The course's grading machine: hw1_1.sh and hw1_2.sh on Python 3.8 with only its packages.
 
 The grader runs the two scripts on Python 3.8 with torch 2.4.0, torchvision 0.19.0 and a fixed
-package list (requirements-grader.txt); a crash there is a zero. The fast tests here read the
+package list, one per edition of the course (requirements-grader.txt for 2024,
+requirements-grader-2025.txt for 2025; the end-to-end test builds $HW1_GRADER_EDITION's, by
+default the latest, 2025); a crash there is a zero. The fast tests here read the
 grading path itself: the repository modules the inference scripts import (exactly GRADING_PATH,
 nothing from the training side), no Python 3.9+ construct in them (vermin), no import outside the
 course's list, no forbidden shell command. The slow test builds the grader's environment once
@@ -18,6 +20,7 @@ import csv
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,8 +33,10 @@ from PIL import Image
 from test_p1 import make_p1_data, parse
 from test_p2 import shrink_pairs
 
+import p1_evaluate
 import p1_finetune
 import p1_inference
+import p2_evaluate
 import p2_inference
 import p2_train_deeplabv3
 
@@ -44,9 +49,19 @@ GRADING_PATH = {
     "p2_inference": {"p2_common", "utils", "cli", "errors", "records", "data", "augment"},
     "hw1_download": set(),
 }
-# The course's list (requirements-grader.txt), as import names, plus the standard library.
-COURSE_IMPORTS = {"torch", "torchvision", "numpy", "PIL", "matplotlib", "scipy", "imageio",
-                  "sklearn", "tqdm", "gdown", "yaml", "pandas", "transformers", "timm"}
+# The course's lists, as import names (requirements-grader.txt for 2024,
+# requirements-grader-2025.txt for 2025). The grading path imports at module level only what
+# every edition has; inside a function, what both have; anything else only behind a fallback
+# (try ... except ImportError).
+EDITIONS = {
+    "2024": {"torch", "torchvision", "numpy", "PIL", "matplotlib", "scipy", "imageio",
+             "sklearn", "tqdm", "gdown", "yaml", "pandas", "transformers", "timm"},
+    "2025": {"torch", "torchvision", "numpy", "PIL", "matplotlib", "scipy", "imageio", "pandas",
+             "tensorboard", "timm", "gdown"},
+}
+EVERY_EDITION = {"torch", "torchvision", "numpy", "PIL"}
+BOTH_EDITIONS = EDITIONS["2024"] & EDITIONS["2025"]
+EDITION = os.environ.get("HW1_GRADER_EDITION", "2025")  # the grader test's; the latest
 FORBIDDEN_IN_SH = ("rm", "cp", "mv", "mkdir", "cd", "pip", "pip3", "sudo", "CUDA_VISIBLE_DEVICES")
 
 
@@ -71,14 +86,30 @@ def imported_repo_modules(entry):
     return seen
 
 
-def third_party_imports(module):
+def third_party_imports(module, where=None):
+    """Third-party top-level packages `module` imports; `where`: only those imported at module
+    level ("module"), inside a function but not behind a fallback ("function"), or inside a
+    try whose handler catches ImportError ("fallback")."""
     tree = ast.parse((REPO / f"{module}.py").read_text())
     tops = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            tops |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            tops.add(node.module.split(".")[0])
+
+    def visit(node, in_function, in_fallback):
+        for child in ast.iter_child_nodes(node):
+            fn = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                   ast.Lambda))
+            fb = in_fallback or (isinstance(child, ast.Try) and any(
+                isinstance(h.type, ast.Name) and h.type.id in ("ImportError",
+                                                               "ModuleNotFoundError")
+                for h in child.handlers))
+            names = ([a.name for a in child.names] if isinstance(child, ast.Import) else
+                     [child.module] if isinstance(child, ast.ImportFrom) and child.module
+                     and child.level == 0 else [])
+            kind = "fallback" if fb else "function" if fn else "module"
+            if names and (where is None or where == kind):
+                tops.update(n.split(".")[0] for n in names)
+            visit(child, fn, fb)
+
+    visit(tree, False, False)
     return tops - set(sys.stdlib_module_names) - repo_modules()
 
 
@@ -93,8 +124,21 @@ def grading_modules():
 
 
 @pytest.mark.parametrize("module", grading_modules())
-def test_grading_path_imports_only_the_courses_packages(module):
-    assert third_party_imports(module) <= COURSE_IMPORTS
+def test_grading_path_imports_only_what_every_edition_of_the_course_has(module):
+    assert third_party_imports(module, "module") <= EVERY_EDITION
+    assert third_party_imports(module, "function") <= BOTH_EDITIONS
+    assert third_party_imports(module) <= EDITIONS["2024"] | EDITIONS["2025"]
+
+
+def test_the_import_rule_tells_module_function_and_fallback_imports_apart(tmp_path,
+                                                                          monkeypatch):
+    (tmp_path / "probe.py").write_text(
+        "import numpy\n\ndef f():\n    import gdown\n    try:\n        import tqdm\n"
+        "    except ImportError:\n        tqdm = None\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    assert third_party_imports("probe", "module") == {"numpy"}
+    assert third_party_imports("probe", "function") == {"gdown"}
+    assert third_party_imports("probe", "fallback") == {"tqdm"}
 
 
 def test_grading_path_needs_nothing_newer_than_python_3_8():
@@ -118,13 +162,25 @@ def test_grading_shell_scripts_follow_the_rules(script):
     assert "/home" not in text and "/work" not in text  # no hard-coded path
 
 
+def pins_and_names(path):
+    lines = [ln for ln in (REPO / path).read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    return (dict(ln.split("==") for ln in lines if "==" in ln),
+            {ln.split("==")[0] for ln in lines})
+
+
 def test_requirements_grader_pins_the_courses_versions():
-    pins = dict(line.split("==") for line in (REPO / "requirements-grader.txt").read_text()
-                .splitlines() if "==" in line and not line.startswith("#"))
+    pins, names = pins_and_names("requirements-grader.txt")
     assert pins == {"torch": "2.4.0", "torchvision": "0.19.0", "imageio": "2.21.2",
                     "matplotlib": "3.7.5", "numpy": "1.24.4", "Pillow": "10.4.0",
                     "scipy": "1.10.1", "scikit-learn": "1.3.2", "transformers": "4.21.3",
                     "timm": "0.6.7"}
+    pins, names = pins_and_names("requirements-grader-2025.txt")  # the Fall 2025 edition
+    assert pins == {"torch": "2.4.0", "torchvision": "0.19.0", "imageio": "2.21.2",
+                    "matplotlib": "3.7.5", "numpy": "1.24.4", "Pillow": "10.4.0",
+                    "pandas": "2.0.3", "scipy": "1.10.1", "tensorboard": "2.14.0",
+                    "timm": "1.0.19"}
+    assert names == set(pins) | {"gdown"}
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -132,8 +188,8 @@ def test_requirements_grader_pins_the_courses_versions():
 def grader_python():
     if os.environ.get("HW1_SKIP_GRADER") == "1":
         pytest.skip("HW1_SKIP_GRADER=1: the Python 3.8 grading environment was not tested")
-    proc = subprocess.run(["bash", str(REPO / "tools" / "grader_env.sh")], capture_output=True,
-                          text=True, timeout=3600)
+    proc = subprocess.run(["bash", str(REPO / "tools" / "grader_env.sh"), "--edition", EDITION],
+                          capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or ["(no output)"]
         pytest.fail(f"{lines[-1]} (or set HW1_SKIP_GRADER=1 to opt out)", pytrace=False)
@@ -252,3 +308,111 @@ def test_hw1_scripts_run_on_the_graders_python_with_checkpoints_trained_here(
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("error: csv file "), proc.stderr
     assert "--- HW1_DEBUG: traceback of `error: csv file" in proc.stderr, proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------ hand-in check
+STUDENT = "r12345678"
+
+
+@pytest.fixture
+def published(trained, tmp_path):
+    """The two exported checkpoints served by a local HTTP server on 127.0.0.1, and the
+    environment overrides that publish them."""
+    import functools
+    import http.server
+    import threading
+    served = tmp_path / "served"
+    served.mkdir()
+    for item, name in (("p1", "p1_C.pth"), ("p2", "p2_B.pth")):
+        shutil.copy(trained[item], served / name)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    env = {"CUDA_VISIBLE_DEVICES": ""}
+    for item, name in (("P1", "p1_C.pth"), ("P2", "p2_B.pth")):
+        env[f"HW1_{item}_URL"] = f"{url}/{name}"
+        env[f"HW1_{item}_SHA256"] = hashlib.sha256((served / name).read_bytes()).hexdigest()
+    yield served, env
+    server.shutdown()
+
+
+def git_in(repo, *args):
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t",
+                    *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def handin_repo(tmp_path, trained):
+    """A clone of this repository's HEAD with the report added and committed; hw1_data with
+    the trained runs' validation sets."""
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(repo)], check=True)
+    (repo / f"hw1_{STUDENT}.pdf").write_bytes(b"%PDF-1.4 report")
+    git_in(repo, "add", f"hw1_{STUDENT}.pdf")
+    git_in(repo, "commit", "-q", "-m", "report")
+    data = tmp_path / "hw1_data"
+    (data / "p1_data").mkdir(parents=True)
+    (data / "p2_data").mkdir()
+    (data / "p1_data" / "office").symlink_to(trained["office"])
+    (data / "p2_data" / "validation").symlink_to(trained["root"] / "p2" / "validation")
+    return repo, data
+
+
+def handin(repo, data, env=None, *extra):
+    return subprocess.run([sys.executable, str(REPO / "tools" / "handin_check.py"), "--repo",
+                           str(repo), "--data-dir", str(data), "--student-id", STUDENT,
+                           "--edition", EDITION, *map(str, extra)],
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=1200)
+
+
+def test_handin_check_runs_the_graders_steps_on_a_clone_of_head(grader_python, handin_repo,
+                                                                 published, tmp_path):
+    """Checkpoints published on 127.0.0.1: every rule passes, and the printed accuracy and mIoU
+    are p1_evaluate.py's and p2_evaluate.py's on the outputs it kept. A checkpoint changed
+    after publishing fails, naming the hash."""
+    repo, data = handin_repo
+    served, env = published
+    out = tmp_path / "out"
+    proc = handin(repo, data, env, "--output-dir", out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert not [ln for ln in lines if ln.startswith("FAIL")]
+    assert "WARN HW1_P1_URL, HW1_P1_SHA256, HW1_P2_URL, HW1_P2_SHA256 set here" in proc.stdout
+    office, val = data / "p1_data" / "office", data / "p2_data" / "validation"
+    accuracy = p1_evaluate.main(parse(p1_evaluate, "--pred", out / "pred.csv", "--labels",
+                                      office / "val.csv"))
+    miou = p2_evaluate.main(parse(p2_evaluate, "-g", val, "-p", out / "masks"))
+    assert f"SCORE setting C accuracy {accuracy:.4f} (baselines 0.36 / 0.4)" in lines
+    assert f"SCORE mIoU {miou:.4f} (baselines 0.69 / 0.73)" in lines
+    assert lines[-1] == "all rules pass"
+
+    (served / "p1_C.pth").write_bytes((served / "p1_C.pth").read_bytes() + b"x")
+    proc = handin(repo, data, env)
+    assert proc.returncode == 1
+    fails = [ln for ln in proc.stdout.splitlines() if ln.startswith("FAIL")]
+    assert len(fails) == 1 and "hw1_download_ckpt.sh" in fails[0] and "sha256" in fails[0]
+
+
+def test_handin_check_fails_each_broken_rule_with_one_line(handin_repo, tmp_path):
+    repo, data = handin_repo
+    proc = handin(repo, data, None, "--no-run")
+    assert proc.returncode == 0, proc.stdout
+    cases = []
+    with open(repo / "hw1_2.sh", "a") as f:  # a forbidden command, committed
+        f.write("rm -f leftovers\n")
+    git_in(repo, "commit", "-q", "-am", "cleanup")
+    cases.append("hw1_2.sh: uses rm")
+    (repo / "hw1_1.sh").write_text((repo / "hw1_1.sh").read_text() + "# edited\n")
+    cases.append("1 uncommitted change(s), e.g. hw1_1.sh")  # an uncommitted change
+    (repo / "big.bin").write_bytes(b"\0" * (51 * 1024 ** 2))  # a file over 50 MB, committed
+    git_in(repo, "add", "big.bin")
+    git_in(repo, "commit", "-q", "-m", "big")
+    cases.append("big.bin is 51 MB, over 50 MB")
+    proc = handin(repo, data, None, "--no-run")
+    fails = [ln for ln in proc.stdout.splitlines() if ln.startswith("FAIL")]
+    assert proc.returncode == 1 and len(fails) == 3, proc.stdout
+    for fail, expected in zip(sorted(fails), sorted(cases)):
+        assert fail.startswith(f"FAIL {expected}") and "; fix: " in fail, (fail, expected)

@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Build (once) the grading machine's environment: Python 3.8 + requirements-grader.txt, and
+# Build (once) the grading machine's environment: Python 3.8 + the course's package list, and
 # print its python's path on the last line of stdout. The environment is cached outside the
 # repository, keyed on the requirement file's hash, so a second call returns at once.
 #
+#   bash tools/grader_env.sh [--edition 2024|2025]   (default: $HW1_GRADER_EDITION, else 2025)
+#     2024: requirements-grader.txt (the 2024 slides); 2025: requirements-grader-2025.txt
 #   HW1_PYTHON38   a Python 3.8 interpreter (default: python3.8 on PATH, then pyenv's 3.8.x)
 #   HW1_GRADER_CACHE  where environments are kept (default: ~/.cache/hw1-grader)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-req="$root/requirements-grader.txt"
+edition=${HW1_GRADER_EDITION:-2025}
+if [ "${1:-}" = "--edition" ]; then edition=${2:?--edition needs 2024 or 2025}; fi
+case "$edition" in
+  2024) req="$root/requirements-grader.txt" ;;
+  2025) req="$root/requirements-grader-2025.txt" ;;
+  *) echo "grader_env: --edition must be 2024 or 2025, not $edition" >&2; exit 2 ;;
+esac
 
 find_py38() {
   local c
