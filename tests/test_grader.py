@@ -241,6 +241,21 @@ def trained(tmp_path_factory, samples_dir):
         digest = hashlib.sha256(exported[item].read_bytes()).hexdigest()
         assert f"sha256 {digest}" in proc.stdout.splitlines()
         slim = torch.load(exported[item], weights_only=False)
+        # --url --write publishes it: the URL and hash go into (a copy of) hw1_download.py
+        script = root / f"{item}_hw1_download.py"
+        shutil.copy(REPO / "hw1_download.py", script)
+        run([sys.executable, "tools/export_checkpoint.py", item, run_ckpt, "--output",
+             root / f"{item}_again.pth", "--url", f"https://example.org/{item}.pth", "--write",
+             "--download-script", script], here)
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("HW1_P")}
+        shown = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+                                " import importlib.util as u; s = u.spec_from_file_location('d', "
+                                "sys.argv[2]); m = u.module_from_spec(s); s.loader.exec_module(m)"
+                                f"; print(m.ITEMS['{item}']['url'], m.ITEMS['{item}']['sha256'])",
+                                str(REPO), str(script)], env=clean, capture_output=True,
+                               text=True, check=True).stdout.split()
+        again = hashlib.sha256((root / f"{item}_again.pth").read_bytes()).hexdigest()
+        assert shown == [f"https://example.org/{item}.pth", again]
         assert sorted(slim) == ["args", "best_epoch", "best_metric", "epoch", "kind", "model"]
         assert exported[item].stat().st_size < run_ckpt.stat().st_size  # AdamW state gone
     return {"p1": exported["p1"], "p2": exported["p2"], "office": p1 / "office", "root": root}

@@ -13,6 +13,7 @@ published (hw1_download.py, ITEMS, or the HW1_P1_URL / HW1_P1_SHA256 variables).
 
 import argparse
 import hashlib
+import re
 import sys
 from pathlib import Path
 
@@ -41,6 +42,14 @@ def get_args_parser():
     parser.add_argument("checkpoint", type=Path, help="a best.pth or last.pth of the run")
     parser.add_argument("--output", type=Path, default=None,
                         help="where to write it (default: checkpoints/p1_C.pth or p2_B.pth)")
+    parser.add_argument("--url", default=None,
+                        help="where the file will be published: any https URL, a Dropbox share "
+                        "link or a Google Drive share link or id (fetched with gdown)")
+    parser.add_argument("--write", action="store_true",
+                        help="with --url: write the URL and sha256 into hw1_download.py's ITEMS "
+                        "(commit it afterwards); without: print the lines to paste")
+    parser.add_argument("--download-script", type=Path, default=ROOT / "hw1_download.py",
+                        help=argparse.SUPPRESS)  # tests write into a copy
     return parser
 
 
@@ -64,11 +73,32 @@ def main(args):
     print(f"wrote {out} ({size / 1e6:.1f} MB, {kind}, epoch {slim['epoch']}) from "
           f"{args.checkpoint}")
     print(f"sha256 {digest}")
-    print(f"Publish it, then put into hw1_download.py, ITEMS[\"{args.item}\"]:\n"
-          f"    \"url\": _env(\"{var}_URL\") or \"https://YOUR/HOST/{out.name}\",\n"
-          f"    \"sha256\": _env(\"{var}_SHA256\") or \"{digest}\", \"size\": {size},\n"
-          f"or set {var}_URL=https://YOUR/HOST/{out.name} {var}_SHA256={digest}")
+    url = args.url or f"https://YOUR/HOST/{out.name}"
+    if args.url and args.write:
+        publish(args.download_script, var, args.url, digest)
+        print(f"wrote the URL and sha256 of {args.item} into {args.download_script}; upload "
+              f"{out} there, commit it, then: python3 tools/handin_check.py")
+    else:
+        print(f"Publish it, then put into hw1_download.py, ITEMS[\"{args.item}\"]:\n"
+              f"    \"url\": _env(\"{var}_URL\") or \"{url}\",\n"
+              f"    \"sha256\": _env(\"{var}_SHA256\") or \"{digest}\", \"size\": {size},\n"
+              f"or set {var}_URL={url} {var}_SHA256={digest}"
+              + ("" if args.url else "; --url URL --write writes them in"))
     return out, digest
+
+
+def publish(script, var, url, digest):
+    """Set the published URL and sha256 of one item in hw1_download.py: `_env("VAR_URL")`
+    (followed or not by `or "..."`) becomes `_env("VAR_URL") or "url"`, the same for
+    VAR_SHA256; the environment variables still win."""
+    text = Path(script).read_text()
+    for name, value in ((f"{var}_URL", url), (f"{var}_SHA256", digest)):
+        pattern = re.compile(r'_env\("' + name + r'"\)(?: or "[^"]*")?')
+        if len(pattern.findall(text)) != 1:
+            raise SystemExit(f"export_checkpoint: {script} has no single _env(\"{name}\") to "
+                             "fill in; edit ITEMS by hand")
+        text = pattern.sub(lambda m: f'_env("{name}") or "{value}"', text)
+    _atomic_write(Path(script), lambda f: f.write(text.encode()))
 
 
 if __name__ == "__main__":
