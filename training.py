@@ -379,7 +379,9 @@ def resume_run(output_dir, model, optimizer=None, scheduler=None, *, kind, scale
     try:
         utils.unwrap_model(model).load_state_dict(ckpt["model"])
         for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
-            if obj is not None and ckpt.get(key) is not None:
+            # a scaler saved disabled (bf16 or the CPU) is empty: a resume on an fp16 card
+            # starts its scaler afresh instead of refusing the file
+            if obj is not None and ckpt.get(key) is not None and (key != "scaler" or ckpt[key]):
                 obj.load_state_dict(ckpt[key])
     except (RuntimeError, ValueError, KeyError) as e:
         first = first_line(e, 200)

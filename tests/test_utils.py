@@ -579,3 +579,30 @@ def test_autocast_is_bf16_from_compute_capability_8_and_fp16_with_a_scaler_befor
     assert utils.amp_dtype(cpu) is None and utils.precision_name(cpu) == "fp32"
     utils.grad_scaler(cpu)
     assert scalers[-1] == ("cuda", False)
+
+
+def test_a_resume_on_another_card_starts_an_empty_saved_scaler_afresh(tmp_path, monkeypatch):
+    """A run saved where no GradScaler ran (bf16 card, CPU: an empty state) resumes on an fp16
+    card, whose enabled scaler would refuse an empty state; a saved state is restored."""
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loaded = []
+
+    class Scaler:
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            if not state:
+                raise RuntimeError("The source state dict is empty")
+            loaded.append(state)
+
+    args = {"epochs": 2}
+    ckpts = training.Checkpoints(tmp_path, args, "p1_classifier", model, optimizer, None,
+                                 "val_acc", scaler=Scaler())
+    ckpts.end_epoch(1, {"epoch": 1, "val_acc": 0.5})
+    assert ckpts.resume() == 2 and loaded == []
+    saved = utils.load_checkpoint(tmp_path / "last.pth")
+    saved["scaler"] = {"scale": 1024.0}
+    torch.save(saved, tmp_path / "last.pth")
+    assert ckpts.resume() == 2 and loaded == [{"scale": 1024.0}]
