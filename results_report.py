@@ -252,7 +252,8 @@ def deeplabv3_rows(model):
     if aux is not None:
         rows.append(("aux_classifier (training only)",
                      f"FCN head on layer3: {_conv_text(aux[0])} + BN + ReLU + dropout, "
-                     f"{_conv_text(aux[4])}; its loss x --aux-weight", [aux], aux))
+                     f"{_conv_text(aux[4])}; its loss x --aux-weight, built only when that "
+                     "is above 0 (both recipes: 0)", [aux], aux))
     return rows
 
 
