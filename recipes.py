@@ -244,10 +244,26 @@ def shown(words):
     return " ".join(w if w else "''" for w in words)
 
 
-if __name__ == "__main__":
-    # python3 recipes.py SCRIPT RECIPE: one word a line (reproduce.sh);
-    # python3 recipes.py --cells: the strong fine-tuning's values per setting, a line each
-    if sys.argv[1:] == ["--cells"]:
+USAGE = """usage: python3 recipes.py SCRIPT [RECIPE]   the recipe's flags, one word a line
+       python3 recipes.py --cells               strong fine-tuning's values per setting
+SCRIPT: {scripts}; RECIPE: {names} (default report)"""
+
+
+def main(argv):
+    """The command line of reproduce.sh's look-ups -> exit status."""
+    usage = USAGE.format(scripts=", ".join(RECIPES), names=" or ".join(NAMES))
+    if argv in (["-h"], ["--help"]):
+        print(usage)
+        return 0
+    if argv == ["--cells"]:
         print("\n".join(f"{s}: {' '.join(to_words(v))}" for s, v in STRONG_SETTINGS.items()))
-    else:
-        print("\n".join(flags(*sys.argv[1:3])))
+        return 0
+    if not 1 <= len(argv) <= 2 or argv[0] not in RECIPES or (argv[1:] and argv[1] not in NAMES):
+        print(usage, file=sys.stderr)
+        return 2
+    print("\n".join(flags(*argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -29,7 +29,7 @@ PY=${PYTHON:-python3}
 usage() {
   cat <<'EOF'
 usage: bash reproduce.sh [--recipe report|strong] [--demo] [--scale smoke|demo] [--out DIR]
-                         [--runs DIR] [--data DIR] [--sam-checkpoint PATH] [--force]
+                         [--runs DIR] [--data-dir DIR] [--sam-checkpoint PATH] [--force]
                          [--keep-checkpoints] [--dry-run]
 
   --recipe NAME       report (default): the report's run, quirks included; strong: the
@@ -45,7 +45,8 @@ usage: bash reproduce.sh [--recipe report|strong] [--demo] [--scale smoke|demo] 
                       with --recipe strong, results-strong/ and results/demo-SCALE-strong/)
   --runs DIR          run folders (default runs/ with the real data and the default --out,
                       else OUT/runs)
-  --data DIR          the real hw1_data folder (default hw1_data)
+  --data-dir DIR      the real hw1_data folder (default hw1_data; one that is named and
+                      incomplete is an error, not the demo)
   --sam-checkpoint P  SAM ViT-H weights (default checkpoints/sam_vit_h_4b8939.pth); the SAM
                       step is skipped, with the reason in RESULTS.md, when the file is missing
   --force             redo every step, even finished ones (training runs start again)
@@ -64,6 +65,7 @@ SCALE=""
 OUT=""
 RUNS=""
 DATA=hw1_data
+DATA_GIVEN=0
 SAM_CKPT=checkpoints/sam_vit_h_4b8939.pth
 FORCE=0
 KEEP_CKPT=0
@@ -75,7 +77,7 @@ while [ $# -gt 0 ]; do
     --scale) SCALE=${2:?--scale needs smoke or demo}; DEMO=1; shift ;;
     --out) OUT=${2:?--out needs a folder}; shift ;;
     --runs) RUNS=${2:?--runs needs a folder}; shift ;;
-    --data) DATA=${2:?--data needs a folder}; shift ;;
+    --data-dir|--data) DATA=${2:?--data-dir needs a folder}; DATA_GIVEN=1; shift ;;
     --sam-checkpoint) SAM_CKPT=${2:?--sam-checkpoint needs a path}; shift ;;
     --force) FORCE=1 ;;
     --keep-checkpoints) KEEP_CKPT=1 ;;
@@ -108,6 +110,10 @@ if [ "$DEMO" = 0 ]; then
   for d in "$DATA/p1_data/mini/train" "$DATA/p1_data/office" "$DATA/p2_data/train" \
            "$DATA/p2_data/validation"; do
     if [ ! -d "$d" ]; then
+      if [ "$DATA_GIVEN" = 1 ]; then  # a folder the user named: a typo must not start the demo
+        echo "error: --data-dir $DATA has no ${d#"$DATA"/}; pass the hw1_data folder (bash hw1_download.sh data fetches it), or --demo" >&2
+        exit 2
+      fi
       REAL_REASON="the real data is missing ($d not found; bash hw1_download.sh data fetches it)"
       DEMO=1
       break

@@ -7,6 +7,7 @@ loss and class weights, augmentation, what is frozen and whether BatchNorm stati
 """
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -300,7 +301,7 @@ def test_reproduce_runs_the_tsne_on_epochs_1_and_100(tmp_path):
     (--keep-epochs 1,100) and reproduce.sh draws from them on real data."""
     for d in ("p1_data/mini/train", "p1_data/office", "p2_data/train", "p2_data/validation"):
         (tmp_path / d).mkdir(parents=True)
-    proc = subprocess.run(["bash", "reproduce.sh", "--dry-run", "--data", str(tmp_path)],
+    proc = subprocess.run(["bash", "reproduce.sh", "--dry-run", "--data-dir", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     tsne = [ln for ln in proc.stdout.splitlines() if ln.startswith("+ ") and "p1_tsne.py" in ln]
@@ -341,3 +342,29 @@ def test_help_texts_say_what_the_code_does():
     assert "the same for every class" in help_of(p2_train_deeplabv3, "--focal-alpha")
     assert "PyTorch's default initialisation (the report's code)" in help_of(
         p2_train_fcn32s, "--fc-init")
+
+
+def test_a_named_data_dir_that_is_not_there_stops_reproduce_at_once(tmp_path):
+    """A typo in --data-dir is an error, not the 16-minute demo; the demo runs when no folder
+    is named and hw1_data/ is missing (test_reproduce.py). --data is the old name."""
+    for flag in ("--data-dir", "--data"):
+        proc = subprocess.run(["bash", "reproduce.sh", flag, str(tmp_path / "typo")], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert proc.stderr.splitlines() == [
+            f"error: --data-dir {tmp_path / 'typo'} has no p1_data/mini/train; pass the hw1_data "
+            "folder (bash hw1_download.sh data fetches it), or --demo"]
+
+
+def test_recipes_py_has_a_help_and_refuses_what_it_does_not_know():
+    def run(*argv):
+        return subprocess.run([sys.executable, "recipes.py", *argv], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+    shown = run("--help")
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: python3 recipes.py")
+    assert "Traceback" not in shown.stderr
+    assert run("p1_finetune", "strong").stdout.splitlines() == recipes.flags("p1_finetune",
+                                                                             "strong")
+    for argv in ((), ("nope",), ("p1_finetune", "best")):
+        bad = run(*argv)
+        assert bad.returncode == 2 and bad.stderr.startswith("usage:") and not bad.stdout
