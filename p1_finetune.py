@@ -14,10 +14,10 @@ place of the ResNet's `fc`. A frozen backbone (D, E) has requires_grad off; with
 statistics do not move; at the end a moco-style sanity_check asserts every backbone parameter
 (and, with --freeze-bn, every BatchNorm buffer) is bit-identical to the file it was loaded from.
 
-    # one setting, the report's recipe (runs/p1_finetune/C/, accuracy into results/p1_table.*)
+    # one setting, the report's recipe (runs/p1_finetune/C/, accuracy into runs/p1_finetune/p1_table.*)
     python3 p1_finetune.py --setting C --data-dir hw1_data/p1_data/office \\
         --backbone runs/byol/backbone.pth
-    # all five in sequence with the strongest known recipe -> results/p1_table.{md,json}
+    # all five in sequence with the strongest known recipe -> runs/p1_finetune/p1_table.{md,json}
     python3 p1_finetune.py --setting all --data-dir hw1_data/p1_data/office \\
         --backbone runs/byol/backbone.pth --sl-backbone hw1_data/p1_data/pretrain_model_SL.pt \\
         --recipe strong
@@ -93,8 +93,9 @@ def get_args_parser():
                         help="supervised backbone for B and D: p1_data/pretrain_model_SL.pt")
     parser.add_argument("--output-dir", default=Path("runs/p1_finetune"), type=Path,
                         help="runs go to OUTPUT_DIR/SETTING/")
-    parser.add_argument("--results-dir", default=Path("results"), type=Path,
-                        help="where p1_table.md / p1_table.json are written (merged per setting)")
+    parser.add_argument("--results-dir", default=None, type=Path,
+                        help="where p1_table.md / p1_table.json are written, merged per setting "
+                        "(default: --output-dir)")
     parser.add_argument("--num-classes", default=65, type=int, help="Office-Home has 65")
 
     train = parser.add_argument_group("training")
@@ -455,15 +456,16 @@ def main(args):
     settings = list(SETTINGS) if args.setting == "all" else [args.setting]
     for setting in settings:  # check every needed backbone before hours of training
         backbone_source(argparse.Namespace(**{**vars(args), "setting": setting}))
+    results_dir = args.results_dir or args.output_dir  # the table stays beside its runs
     table, banks = None, {}  # Office-Home is decoded once for all the settings
     for setting in settings:
         # --recipe strong: A, B, D and E take their own strongest run's values (recipes.py)
         cell = {**vars(args), "setting": setting, **recipes.for_setting(args, setting)}
         row = run_setting(argparse.Namespace(**cell), banks)
         if row is not None:  # rank 0 (all of them in one process) writes the table
-            table = update_results_table(args.results_dir, row)
+            table = update_results_table(results_dir, row)
     if table is not None:
-        print((args.results_dir / "p1_table.md").read_text())
+        print((results_dir / "p1_table.md").read_text())
     return table
 
 

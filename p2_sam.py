@@ -103,7 +103,10 @@ def get_args_parser():
     parser.add_argument("--ids", nargs="+", default=None, metavar="ID",
                         help="take {ID}_sat.jpg from the --input folders, e.g. 0013 0062 0104")
     parser.add_argument("--output-dir", required=True, type=Path, metavar="DIR",
-                        help="where overlays, figures and logs go (created)")
+                        help="where overlays, figures and logs go (created); one that holds a "
+                        "run (sam_log.jsonl) is refused unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="segment again into a used --output-dir")
     parser.add_argument("--figure", type=Path, default=None, metavar="PATH",
                         help="the side-by-side figure (default: OUTPUT_DIR/sam_figure.png)")
     parser.add_argument("--figure-ids", nargs="+", default=None, metavar="ID",
@@ -762,7 +765,8 @@ def main(args, model=None):
     files = list_inputs(args.input, args.ids)
     pairs = comparison_pairs(files, args.gt_dir, args.pred_dir) if args.gt_dir else {}
     figure_ids = args.figure_ids or args.ids or [image_id(f) for f in files[:3]]
-    out = training.prepare_output_dir(args.output_dir, args, overwrite=True, marker=LOG_FILE)
+    out = training.prepare_output_dir(args.output_dir, args, overwrite=args.overwrite,
+                                      marker=LOG_FILE)
     if args.figure is not None:  # checked now, not after every image is segmented
         writable_dir(Path(args.figure).parent, "--figure")
     generator, settings = load_generator(args, device, model)

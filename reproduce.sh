@@ -405,7 +405,7 @@ step_sam() {
   fi
   # the real run scores SAM on the whole validation split; the demo on the report's 3 images
   run "$PY" p2_sam.py --checkpoint "$SAM_CKPT" --model-type vit_h --input "$VAL" \
-    --output-dir "$RUNS/sam_vs_b" --gt-dir "$VAL" --pred-dir "$OUT/p2_B" \
+    --output-dir "$RUNS/sam_vs_b" --overwrite --gt-dir "$VAL" --pred-dir "$OUT/p2_B" \
     --figure-ids 0013 0062 0104 "${SAM_ARGS[@]}"
 }
 

@@ -368,3 +368,20 @@ def test_recipes_py_has_a_help_and_refuses_what_it_does_not_know():
     for argv in ((), ("nope",), ("p1_finetune", "best")):
         bad = run(*argv)
         assert bad.returncode == 2 and bad.stderr.startswith("usage:") and not bad.stdout
+
+
+def test_the_fine_tuning_table_lands_under_the_output_dir(tmp_path, monkeypatch):
+    """Without --results-dir, p1_table.* go into --output-dir, not into the folder the command
+    runs from; --results-dir still names another folder."""
+    row = {"setting": "A", "pretraining": "none", "fine_tuning": "full model",
+           "best_val_acc": 0.5, "best_epoch": 1, "last_val_acc": 0.5, "epochs": 1}
+    monkeypatch.setattr(p1_finetune, "run_setting", lambda a, banks: dict(row))
+    monkeypatch.chdir(tmp_path)
+    p1_finetune.main(parse(p1_finetune, "--setting", "A", "--data-dir", tmp_path,
+                           "--output-dir", tmp_path / "runs"))
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["p1_table.json",
+                                                                      "p1_table.md"]
+    assert not (tmp_path / "results").exists()
+    p1_finetune.main(parse(p1_finetune, "--setting", "A", "--data-dir", tmp_path,
+                           "--output-dir", tmp_path / "runs", "--results-dir", tmp_path / "t"))
+    assert (tmp_path / "t" / "p1_table.md").exists()

@@ -451,3 +451,15 @@ def test_the_run_reads_each_image_with_opencv(tmp_path, monkeypatch):
                  tmp_path / "out", "--device", "cpu", *LOOSE)
     p2_sam.main(args, model=tiny_sam())
     assert reads == [str(REPO / "tests" / "data" / "0008_sat.jpg")]
+
+
+def test_a_used_output_dir_is_refused_unless_overwrite(tmp_path):
+    """As every training script: a folder that holds a run (sam_log.jsonl) is not written over
+    by a typo; --overwrite segments again there, with a fresh log."""
+    argv = ["--input", REPO / "tests" / "data" / "0008_sat.jpg", "--output-dir", tmp_path / "o",
+            "--device", "cpu", *LOOSE]
+    p2_sam.main(parse(*argv), model=tiny_sam())
+    with pytest.raises(errors.UserError, match="already holds a run.*--overwrite"):
+        p2_sam.main(parse(*argv), model=tiny_sam())
+    p2_sam.main(parse(*argv, "--overwrite"), model=tiny_sam())
+    assert len(read_jsonl(tmp_path / "o" / "sam_log.jsonl")) == 1
