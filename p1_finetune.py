@@ -14,7 +14,8 @@ place of the ResNet's `fc`. A frozen backbone (D, E) has requires_grad off; with
 statistics do not move; at the end a moco-style sanity_check asserts every backbone parameter
 (and, with --freeze-bn, every BatchNorm buffer) is bit-identical to the file it was loaded from.
 
-    # one setting, the report's recipe (runs/p1_finetune/C/, accuracy into runs/p1_finetune/p1_table.*)
+    # one setting, the report's recipe (runs/p1_finetune/C/; the accuracy table into
+    # runs/p1_finetune/p1_table.*)
     python3 p1_finetune.py --setting C --data-dir hw1_data/p1_data/office \\
         --backbone runs/byol/backbone.pth
     # all five in sequence with the strongest known recipe -> runs/p1_finetune/p1_table.{md,json}
