@@ -184,16 +184,20 @@ class SharedDraw:
     """One per-sample augmentation drawn once for both views of a batch: the report's Dataset ran
     its list once per image, and byol-pytorch's BYOL.forward made both views from that one tensor
     (augment1(x), augment2(x) on the same x). The first view to see a batch draws; the second
-    gets the same tensor. `generator` and `shard` are the wrapped augmentation's."""
+    gets the same tensor, once: the next forward draws again, even on the same tensor.
+    `generator` and `shard` are the wrapped augmentation's."""
 
     def __init__(self, augment):
         self.augment = augment
-        self._last = (None, None)  # (input batch, its augmentation)
+        self._pending = None  # (input batch, its draw), until the second view has taken it
 
     def __call__(self, x):
-        if self._last[0] is not x:
-            self._last = (x, self.augment(x))
-        return self._last[1]
+        if self._pending is not None and self._pending[0] is x:
+            out, self._pending = self._pending[1], None  # the second view: the same draw
+            return out
+        out = self.augment(x)  # the first view of a batch draws; a new forward draws again
+        self._pending = (x, out)
+        return out
 
     generator = property(lambda self: self.augment.generator,
                          lambda self, value: setattr(self.augment, "generator", value))

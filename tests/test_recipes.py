@@ -273,6 +273,8 @@ def test_byol_report_views_share_the_per_image_draw():
     assert torch.equal(one, two)
     assert not torch.allclose(one[0], one[1], atol=1e-3)  # per image
     assert not torch.equal(shared[0](batch.clone()), one)  # a new batch, a new draw
+    again = shared[1](batch)  # ... and a new forward on the same tensor draws again too
+    assert torch.equal(shared[0](batch), again) and not torch.equal(again, one)
     apart = p1_pretrain_byol.build_views("report", 32, torch.device("cpu"))
     assert not torch.allclose(apart[0](batch), apart[1](batch), atol=1e-3)
 
