@@ -403,8 +403,7 @@ def train_step(model, x, y, optimizer, criterion, device, amp=True, clip_grad=0.
     """One optimizer step on a prepared batch; returns the loss as a device tensor (no sync).
     clip_grad > 0 clips the gradients' global norm first; `micro` (training.MicroBatch) splits
     the step into micro-batches whose losses are normalised for the whole batch."""
-    split = micro is not None and micro.size is not None and micro.size < len(x)
-    total = criterion.total(y) if split or (micro is not None and micro.halve_on_oom) else None
+    total = criterion.total(y) if micro is not None else None  # the whole batch's normaliser
 
     def loss_of(start, stop):
         with autocast(device, amp):
@@ -418,10 +417,9 @@ def train_step(model, x, y, optimizer, criterion, device, amp=True, clip_grad=0.
 
 def train_one_epoch(model, optimizer, scheduler, train, args, device, epoch, stop=None):
     """One epoch over train = (images, masks, augment, criterion, GradScaler, MicroBatch) ->
-    {train_loss} (mean over all
-    ranks); the host reads the loss only every LOG_EVERY steps. The data order and the
-    augmentations come from (seed, epoch) alone, so --resume replays the epoch; under torchrun
-    each rank takes its share of the global --batch-size."""
+    {train_loss} (mean over all ranks); the host reads the loss only every LOG_EVERY steps.
+    The data order and the augmentations come from (seed, epoch) alone, so --resume replays the
+    epoch; under torchrun each rank takes its share of the global --batch-size."""
     images, masks, augment, criterion, scaler, micro = train
     model.train()
     batch_size = min(args.batch_size, len(images))  # the global batch

@@ -140,6 +140,7 @@ def optimizer_step(model, optimizer, batch_size, loss_of, micro=None, clip_grad=
     DistributedDataParallel only the last micro-batch synchronises them); clip_grad > 0 clips
     their global norm (of the unscaled gradients); the step goes through `scaler` when given.
     Returns (the summed loss, detached, still on the device; the list of the other values)."""
+    no_sync = getattr(model, "no_sync", None)  # DistributedDataParallel's
     while True:
         size = min(micro.size or batch_size, batch_size) if micro is not None else batch_size
         try:
@@ -147,7 +148,6 @@ def optimizer_step(model, optimizer, batch_size, loss_of, micro=None, clip_grad=
             starts = list(range(0, batch_size, size))
             total, others = 0.0, []
             for i, start in enumerate(starts):
-                no_sync = getattr(model, "no_sync", None)
                 last = i == len(starts) - 1
                 with (no_sync() if no_sync is not None and not last else nullcontext()):
                     loss, other = loss_of(start, min(start + size, batch_size))
@@ -173,11 +173,16 @@ def optimizer_step(model, optimizer, batch_size, loss_of, micro=None, clip_grad=
     return total, others
 
 
+def keeps_last_batch(args):
+    """Whether an epoch trains on its last partial batch: --no-drop-last, and not under torchrun
+    (every rank must take the same number of steps)."""
+    return not args.drop_last and distributed.world_size() == 1
+
+
 def steps_per_epoch(n, batch_size, args):
     """Optimizer steps in one pass over n images (train_batches): the full batches, plus the
     last partial one with --no-drop-last when it holds 2 images or more."""
-    keep_last = not args.drop_last and distributed.world_size() == 1
-    return n // batch_size + int(keep_last and n % batch_size >= 2)
+    return n // batch_size + int(keeps_last_batch(args) and n % batch_size >= 2)
 
 
 def train_batches(n, batch_size, args, generator, device):
@@ -185,10 +190,10 @@ def train_batches(n, batch_size, args, generator, device):
     without it, the last partial batch too (a batch of one image is dropped: BatchNorm cannot
     train on it). Under torchrun every rank must take the same number of steps, so the last
     partial batch is always dropped there."""
-    drop_last = args.drop_last or distributed.world_size() > 1
     return data.index_batches(n, distributed.shard_batch(batch_size), generator=generator,
-                              device=device, drop_last=drop_last, rank=distributed.rank(),
-                              world_size=distributed.world_size(), min_last=2)
+                              device=device, drop_last=not keeps_last_batch(args),
+                              rank=distributed.rank(), world_size=distributed.world_size(),
+                              min_last=2)
 
 
 def add_drop_last_arg(group):

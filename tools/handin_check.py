@@ -92,9 +92,9 @@ def committed_files(repo):
 def check_rules(repo, student_id, report):
     """The slides' rules on HEAD and on what is left uncommitted."""
     files = committed_files(repo)
-    dirty = [ln[3:] for ln in git(repo, "status", "--porcelain").splitlines()
-             if not ln.startswith("??")]
-    stray = [ln[3:] for ln in git(repo, "status", "--porcelain").splitlines()
+    status = git(repo, "status", "--porcelain").splitlines()
+    dirty = [ln[3:] for ln in status if not ln.startswith("??")]
+    stray = [ln[3:] for ln in status
              if ln.startswith("??") and ln.endswith((".py", ".sh", ".pdf"))]
     report.rule(not dirty, "every change is committed (the grader clones main)" if not dirty
                 else f"{len(dirty)} uncommitted change(s), e.g. {dirty[0]}",
