@@ -290,7 +290,7 @@ class ClassificationAugment(_BatchAugment):
             hsv[:, 0] = (hsv[:, 0] + f.view(-1, 1, 1)) % 1.0
             return hsv_to_rgb(hsv).clamp(0, 1)
 
-        ops = [(op, f) for op, f in zip((brightness, contrast, saturation, shift_hue), factors)]
+        ops = list(zip((brightness, contrast, saturation, shift_hue), factors))
         if order is None:
             for op, f in ops:
                 if f is not None:
