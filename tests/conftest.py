@@ -7,6 +7,7 @@ licences in tests/data/SOURCES.md); HW1_SAMPLES_DIR points the tests at another 
 
 import gc
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,6 +21,23 @@ if str(ROOT) not in sys.path:
 @pytest.fixture(scope="session")
 def repo_root():
     return ROOT
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_module_temp(request, tmp_path_factory):
+    """Deletes the folders a test file's module fixtures made, once the file has passed.
+
+    The suite writes ResNet50/DeepLabV3 checkpoints of 100-600 MB; kept to the end, they add up
+    to about 10 GB, more than a CI machine's free disk beside its 6 GB virtual environment.
+    Each test's own tmp_path goes when it passes (pytest.ini: tmp_path_retention_policy);
+    this does the same for tmp_path_factory folders, file by file (files are not shared
+    between workers: --dist loadfile). A file with a failure keeps its folders."""
+    base = tmp_path_factory.getbasetemp()
+    before, failed = set(base.iterdir()), request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for path in set(base.iterdir()) - before:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
