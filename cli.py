@@ -1,6 +1,11 @@
 """The command-line conventions every script shares, torch-free and Python 3.8 compatible:
-`--x/--no-x` flags (BooleanFlag), one --help formatter (HelpFormatter) and the line under
-`if __name__ == "__main__":` (run)."""
+`--x/--no-x` flags (BooleanFlag), a flag's former name kept out of sight (old_name), one --help
+formatter (HelpFormatter) and the line under `if __name__ == "__main__":` (run).
+
+One name per concept in every entry point (tests/test_cli_names.py holds them to it):
+--data-dir, --output-dir, --overwrite, --resume, --device, --batch-size, --eval-batch-size,
+--max-images (a random subset of N drawn with --seed: data.subset), --checkpoint, and for what a
+scorer compares, -g/--labels and -p/--pred (the course scorer's names)."""
 
 import argparse
 import gc
@@ -23,6 +28,22 @@ class BooleanFlag(argparse.Action):
 
     def format_usage(self):
         return " | ".join(self.option_strings)
+
+
+def old_name(container, name, action):
+    """Accept `name`, a flag's former name, for one more release: a second option with the
+    same dest, type and kind as `action` (what add_argument returned), absent from --help and
+    from usage and error messages (argparse cannot hide one of an action's names). It sets no
+    default, so the new name's stands. `action` must not be required: argparse would still
+    ask for the new name when the old one is given."""
+    if action.required:
+        raise ValueError(f"{action.option_strings[-1]} is required; an old name needs a default")
+    kwargs = {"dest": action.dest, "default": argparse.SUPPRESS, "help": argparse.SUPPRESS}
+    if action.nargs == 0:  # store_true: the old name switches it on too
+        kwargs.update(action="store_const", const=True)
+    else:
+        kwargs.update(type=action.type, nargs=action.nargs, choices=action.choices)
+    return container.add_argument(name, **kwargs)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -31,8 +31,23 @@ def _require_dir(path, what):
     if not path.is_dir():
         state = "is a file, not a folder" if path.exists() else "does not exist"
         raise UserError(f"{what} folder {path} {state}; run `bash hw1_download.sh` "
-                        "or `python make_demo_data.py --out DIR` for demo data")
+                        "or `python make_demo_data.py --output-dir DIR` for demo data")
     return path
+
+
+def subset(items, max_n=None, seed=0):
+    """What --max-images means in every script: a random subset of `max_n` of `items`, drawn
+    with `seed` (the same N and seed give the same subset), kept in the items' order; all of
+    them when max_n is None or not below their number. A random subset, not the first N:
+    Office-Home's files are named {label}_{id}.jpg, so the first N in name order would hold
+    a few classes only."""
+    items = list(items)
+    if max_n is None or max_n >= len(items):
+        return items
+    import torch
+
+    keep = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))
+    return [items[i] for i in sorted(keep[:max_n].tolist())]
 
 
 def list_images(folder):

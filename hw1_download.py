@@ -78,14 +78,18 @@ ITEMS = {
     # model is published; until then the item tells the user which command trains it.
     "p1": {"url": _env("HW1_P1_URL"), "sha256": _env("HW1_P1_SHA256"),
            "dest": ROOT / "checkpoints" / "p1_C.pth",
-           "hint": "train it with `python p1_finetune.py --setting C ...` and export it with "
-                   "`python3 tools/export_checkpoint.py p1 runs/p1_finetune/C/best.pth` "
-                   "(README, Grading), or set HW1_P1_URL (and HW1_P1_SHA256)"},
+           "hint": "train setting C (python3 p1_pretrain_byol.py --data-dir "
+                   "hw1_data/p1_data/mini/train, then python3 p1_finetune.py --setting C "
+                   "--data-dir hw1_data/p1_data/office --backbone runs/byol/backbone.pth) and "
+                   "export it (python3 tools/export_checkpoint.py p1 "
+                   "runs/p1_finetune/C/best.pth), or set HW1_P1_URL (and HW1_P1_SHA256) to "
+                   "fetch a published one"},
     "p2": {"url": _env("HW1_P2_URL"), "sha256": _env("HW1_P2_SHA256"),
            "dest": ROOT / "checkpoints" / "p2_B.pth",
-           "hint": "train it with `python p2_train_deeplabv3.py ...` and export it with "
-                   "`python3 tools/export_checkpoint.py p2 runs/p2_deeplabv3/best.pth` "
-                   "(README, Grading), or set HW1_P2_URL (and HW1_P2_SHA256)"},
+           "hint": "train model B (python3 p2_train_deeplabv3.py --data-dir "
+                   "hw1_data/p2_data) and export it (python3 tools/export_checkpoint.py p2 "
+                   "runs/p2_deeplabv3/best.pth), or set HW1_P2_URL (and HW1_P2_SHA256) to "
+                   "fetch a published one"},
 }
 
 
@@ -96,6 +100,20 @@ class Failed(Exception):
 class Unpublished(Failed):
     """A checkpoint with no file in place and no URL published yet: an error when asked for by
     name (hw1_download_ckpt.sh, where the grader needs it), a note in the default download."""
+
+
+def fix_for_missing(path):
+    """What makes a missing checkpoint appear, for an error message: for checkpoints/p1_C.pth
+    or p2_B.pth, the download when its URL is published, else how to train and export it;
+    None for any other path."""
+    path = Path(path).resolve()
+    for name in ("p1", "p2", "sam"):
+        item = ITEMS[name]
+        if path == Path(item["dest"]).resolve():
+            if item.get("url"):
+                return f"`bash hw1_download.sh {name}` fetches it"
+            return item["hint"]
+    return None
 
 
 def expected_hash(item):

@@ -2,16 +2,21 @@
 
 The real archive (about 1 GB) cannot be fetched everywhere, yet every training script
 needs data of the right layout to be run end to end. This script writes a tree with the
-same folders, file names, csv columns and mask palette as `hw1_data` (see
-`../shared/spec/HW1_SPEC.md`), filled with images a model can really learn, so demo runs
+same folders, file names, csv columns and mask palette as `hw1_data` (see the README's
+"Data"), filled with images a model can really learn, so demo runs
 give better-than-chance numbers instead of merely not crashing.
 
-    python3 make_demo_data.py --out demo_data
-    python3 make_demo_data.py --out demo_data --overwrite --seed 1
-    python3 make_demo_data.py --out /tmp/tiny --mini-classes 4 --mini-per-class 2 \
+    python3 make_demo_data.py                                   # -> demo_data/
+    python3 make_demo_data.py --output-dir demo_data --overwrite --seed 1
+    python3 make_demo_data.py --output-dir /tmp/tiny --mini-classes 4 --mini-per-class 2 \
         --office-classes 65 --office-train-per-class 2 --office-val-per-class 1 \
         --seg-train 2 --seg-val 1 --seg-size 64
-    python3 make_demo_data.py --out demo_data --overwrite --sl-steps 200 --device cuda
+    python3 make_demo_data.py --overwrite --sl-steps 200 --device cuda
+
+--overwrite replaces only a tree this script wrote: it writes `make_demo_data.json` (its
+settings) into the output folder before anything else and deletes p1_data/ and p2_data/ only
+beside that file; it refuses any other p1_data/ or p2_data/ (the real data, say), and leaves
+every other file of the folder alone.
 
 What is in the tree:
 
@@ -52,6 +57,7 @@ does not change the other images.
 
 import argparse
 import colorsys
+import json
 import os
 import shutil
 import time
@@ -90,6 +96,10 @@ MAX_CLASSES = len(SHAPES) * len(TEXTURES) * N_HUES * N_SHADES  # 150 unique comb
 _STREAM_MINI_ORDER, _STREAM_MINI, _STREAM_OFFICE_TRAIN, _STREAM_OFFICE_VAL = 0, 1, 2, 3
 _STREAM_SEG_TRAIN, _STREAM_SEG_VAL, _STREAM_SL = 4, 5, 6
 
+# What --overwrite may replace: the folders of a tree whose MARKER says this script wrote it.
+TREE = ("p1_data", "p2_data")
+MARKER = "make_demo_data.json"
+
 # Office image sides are drawn from this range, like the varied sizes of Office-Home.
 OFFICE_SIDE_RANGE = (60, 140)
 JPEG_QUALITY = 90
@@ -106,6 +116,8 @@ DEFAULTS = dict(
     seg_val=8,
     seg_size=512,
     sl_steps=0,
+    sl_arch="resnet50",
+    sl_size=128,
     device="cpu",
     overwrite=False,
 )
@@ -122,13 +134,16 @@ def get_args_parser():
         ),
         add_help=True,
     )
-    parser.add_argument("--out", required=True, type=Path,
-                        help="output folder; receives p1_data/ and p2_data/ (e.g. demo_data)")
+    cli.old_name(parser, "--out", parser.add_argument(
+        "--output-dir", default=Path("demo_data"), type=Path,
+        help="output folder; receives p1_data/, p2_data/ and make_demo_data.json"))
     parser.add_argument("--seed", default=DEFAULTS["seed"], type=int,
                         help="random seed; the same seed and sizes give byte-identical files")
     parser.add_argument("--overwrite", action="store_true",
-                        help="allow a non-empty --out; its p1_data/ and p2_data/ are deleted "
-                             "first (other files in it are left alone)")
+                        help="allow a non-empty --output-dir: a tree this script wrote "
+                             "there (p1_data/ and p2_data/ beside its make_demo_data.json) is "
+                             "deleted first; any other p1_data/ or p2_data/ is refused, other "
+                             "files are left alone")
 
     p1 = parser.add_argument_group("problem 1 (classification)")
     p1.add_argument("--mini-classes", default=DEFAULTS["mini_classes"], type=int,
@@ -149,6 +164,12 @@ def get_args_parser():
                          "pretrain_model_SL.pt on the labelled mini images; 0 keeps it "
                          "random. About 4 s a step on a 2-core CPU; use --device cuda for "
                          "a few hundred steps")
+    p1.add_argument("--sl-arch", default=DEFAULTS["sl_arch"], choices=["resnet50", "resnet18"],
+                    help="network of pretrain_model_SL.pt: the real file's resnet50, or the "
+                         "resnet18 of the demo's P1 runs (p1_*.py --arch resnet18)")
+    p1.add_argument("--sl-size", default=DEFAULTS["sl_size"], type=int,
+                    help="image side of the --sl-steps training (the real file's 128; the "
+                         "demo trains at the side its P1 runs use)")
     p1.add_argument("--device", default=DEFAULTS["device"],
                     help="device for --sl-steps training (cpu, cuda); unused when 0")
 
@@ -369,7 +390,8 @@ def _write_office_split(root, split, seed, n_classes, per_class, id_offset, stre
     return len(rows)
 
 
-def _write_sl_model(path, seed, mini_images, mini_labels, steps, device):
+def _write_sl_model(path, seed, mini_images, mini_labels, steps, device, arch="resnet50",
+                    size=128):
     # torch is imported here so that importing this module and writing images stay light.
     import torch
     import torch.nn.functional as F
@@ -377,10 +399,10 @@ def _write_sl_model(path, seed, mini_images, mini_labels, steps, device):
 
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
         torch.manual_seed(seed)
-        model = torchvision.models.resnet50(weights=None)
+        model = getattr(torchvision.models, arch)(weights=None)
     if steps > 0:
         model.to(device).train()
-        # Same preprocessing as the real checkpoint: 128 px, ImageNet mean/std.
+        # Same preprocessing as the real checkpoint: ImageNet mean/std, 128 px by default.
         mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
         std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
@@ -391,7 +413,7 @@ def _write_sl_model(path, seed, mini_images, mini_labels, steps, device):
         for step in range(steps):
             idx = torch.randint(len(images), (64,), generator=gen)
             x = images[idx].to(device).permute(0, 3, 1, 2).float().div(255)  # (64, 3, S, S)
-            x = F.interpolate(x, size=128, mode="bilinear", align_corners=False)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             flip = torch.rand(len(idx), generator=gen) < 0.5
             x = torch.where(flip.to(device).view(-1, 1, 1, 1), x.flip(3), x)
             loss = F.cross_entropy(model((x - mean) / std), labels[idx].to(device))
@@ -429,6 +451,22 @@ def _check_sizes(cfg):
                              "visible; use --device cpu (slow) or --sl-steps 0")
 
 
+def _remove_own_tree(out):
+    """--overwrite: delete the p1_data/ and p2_data/ of a tree this script wrote (MARKER beside
+    them); refuse, deleting nothing, when either is there without it."""
+    found = [sub for sub in TREE if os.path.lexists(out / sub)]
+    if found and not (out / MARKER).is_file():
+        raise SystemExit(f"error: {out} holds {' and '.join(s + '/' for s in found)} that "
+                         f"make_demo_data.py did not write (no {MARKER} beside them; the real "
+                         "data, perhaps), so --overwrite leaves them alone: choose another "
+                         "--output-dir, or delete them yourself")
+    for sub in found:
+        if (out / sub).is_dir() and not (out / sub).is_symlink():
+            shutil.rmtree(out / sub)
+        else:
+            os.remove(out / sub)
+
+
 def make_demo_data(out, **sizes):
     """Write the demo tree under `out`; keyword arguments as in DEFAULTS. Returns counts."""
     unknown = set(sizes) - set(DEFAULTS)
@@ -438,16 +476,18 @@ def make_demo_data(out, **sizes):
     _check_sizes(cfg)
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise SystemExit(f"error: --out {out} is a file; give a folder path")
+        raise SystemExit(f"error: --output-dir {out} is a file; give a folder path")
     if out.is_dir() and any(out.iterdir()):
         if not cfg["overwrite"]:
             raise SystemExit(f"error: output folder {out} is not empty; pass --overwrite to "
-                             "replace its p1_data/ and p2_data/, or choose another --out")
-        for sub in ("p1_data", "p2_data"):
-            if (out / sub).is_dir():
-                shutil.rmtree(out / sub)
-            elif (out / sub).exists():
-                os.remove(out / sub)
+                             "replace the demo tree this script wrote there, or choose another "
+                             "--output-dir")
+        _remove_own_tree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # the mark of a tree of ours, written first: an interrupted run is still ours to replace
+    (out / MARKER).write_text(json.dumps(
+        {"written_by": "make_demo_data.py", "folders": list(TREE),
+         "settings": {k: v for k, v in cfg.items() if k != "overwrite"}}, indent=1) + "\n")
     seed = cfg["seed"]
     start = time.time()
 
@@ -460,7 +500,7 @@ def make_demo_data(out, **sizes):
                                        cfg["office_val_per_class"],
                                        cfg["office_train_per_class"], _STREAM_OFFICE_VAL)
     _write_sl_model(p1 / "pretrain_model_SL.pt", seed, mini_images, mini_labels,
-                    cfg["sl_steps"], cfg["device"])
+                    cfg["sl_steps"], cfg["device"], cfg["sl_arch"], cfg["sl_size"])
 
     p2 = out / "p2_data"
     splits = {"train": (range(cfg["seg_train"]), _STREAM_SEG_TRAIN),
@@ -482,14 +522,15 @@ def make_demo_data(out, **sizes):
           f"office {n_office_train} train / {n_office_val} val ({cfg['office_classes']} classes), "
           f"seg {counts['seg_train']} train / {counts['seg_val']} validation "
           f"({cfg['seg_size']} px), pretrain_model_SL.pt "
-          f"({'random init' if cfg['sl_steps'] == 0 else str(cfg['sl_steps']) + ' SL steps'}) "
+          f"({cfg['sl_arch']}, "
+          f"{'random init' if cfg['sl_steps'] == 0 else str(cfg['sl_steps']) + ' SL steps'}) "
           f"in {time.time() - start:.1f} s")
     return counts
 
 
 def main(args):
     cfg = vars(args).copy()
-    out = cfg.pop("out")
+    out = cfg.pop("output_dir")
     return make_demo_data(out, **cfg)
 
 

@@ -8,25 +8,36 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models.resnet import Bottleneck, ResNet
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 import data
 import utils
 from errors import UserError, first_line
 
+# --arch: the report's ResNet50, or a ResNet18 for demos on a CPU (about 4x faster there, and it
+# learns from a few hundred 32-px images); both keep torchvision's state_dict names
+ARCHS = {"resnet50": (Bottleneck, [3, 4, 6, 3]), "resnet18": (BasicBlock, [2, 2, 2, 2])}
+ARCH_HELP = ("the backbone: resnet50 (the report's, default) or resnet18 (a light one for demos "
+             "on a CPU); the SL/BYOL backbone loaded must be the same network")
+
 
 class Classifier(ResNet):
-    """torchvision resnet50(weights=None) whose `fc` is the report's head.
+    """torchvision resnet50(weights=None) (or resnet18: `arch`) whose `fc` is the report's head.
 
     Subclassing ResNet keeps resnet50()'s state_dict keys (conv1.weight, layer1.0..., fc.N.*),
     so pretrain_model_SL.pt and backbone.pth load as they are, and "backbone" means every
     tensor whose name does not start with "fc.".
     """
 
-    def __init__(self, num_classes=65, freeze_backbone=False, freeze_bn=True):
-        super().__init__(Bottleneck, [3, 4, 6, 3])
+    def __init__(self, num_classes=65, freeze_backbone=False, freeze_bn=True, arch="resnet50"):
+        if arch not in ARCHS:
+            raise UserError(f"unknown backbone {arch!r}; choose one of {', '.join(ARCHS)}")
+        block, layers = ARCHS[arch]
+        super().__init__(block, layers)
+        self.arch = arch
         self.fc = nn.Sequential(  # the report's head, layer order as in the report
-            nn.Linear(2048, 1024), nn.BatchNorm1d(1024), nn.Dropout(0.4), nn.ReLU(),
+            nn.Linear(512 * block.expansion, 1024), nn.BatchNorm1d(1024), nn.Dropout(0.4),
+            nn.ReLU(),
             nn.Linear(1024, 512), nn.BatchNorm1d(512), nn.Dropout(0.3), nn.ReLU(),
             nn.Linear(512, num_classes))
         self.freeze_backbone = freeze_backbone
@@ -46,9 +57,9 @@ class Classifier(ResNet):
         return self
 
     def embed(self, x):
-        """(B, 3, S, S) -> (B, 2048): the avgpool output, what the head sees."""
+        """(B, 3, S, S) -> (B, 2048) (512 for resnet18): the avgpool output, what the head sees."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, S/4, S/4)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 2048, S/32, S/32)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, C, S/32, S/32)
         return torch.flatten(self.avgpool(x), 1)
 
     def penultimate(self, x):
@@ -71,7 +82,9 @@ def load_classifier(path, device):
     ckpt = utils.load_checkpoint(path, kind="p1_classifier")
     args = ckpt["args"]
     try:
-        model = utils.build_loaded(lambda: Classifier(args["num_classes"]), ckpt["model"])
+        model = utils.build_loaded(
+            lambda: Classifier(args["num_classes"], arch=args.get("arch", "resnet50")),
+            ckpt["model"])
     except RuntimeError as e:
         raise UserError(f"{path} does not fit the classifier its args describe "
                         f"({first_line(e, 120)}); train or download it again") from None
@@ -93,9 +106,7 @@ def load_office(data_dir, split, bank_size, device, cache_dir=None, max_images=N
                               "Office-Home folder with train.csv, val.csv, train/ and val/ "
                               "(run `bash hw1_download.sh`)")
     rows = data.read_office_csv(data_dir / f"{split}.csv", data_dir / split)
-    if max_images is not None and max_images < len(rows):
-        keep = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
-        rows = [rows[i] for i in sorted(keep[:max_images].tolist())]
+    rows = data.subset(rows, max_images, seed)  # --max-images: a random subset, as everywhere
     bank = data.ImageBank.from_paths([r["path"] for r in rows], size=bank_size,
                                       cache_dir=cache_dir, progress=True).to(device)
     return bank, torch.tensor([r["label"] for r in rows], device=device)

@@ -98,6 +98,8 @@ def get_args_parser():
                         help="where p1_table.md / p1_table.json are written, merged per setting "
                         "(default: --output-dir)")
     parser.add_argument("--num-classes", default=65, type=int, help="Office-Home has 65")
+    parser.add_argument("--arch", default="resnet50", choices=list(p1_common.ARCHS),
+                        help=p1_common.ARCH_HELP)
 
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", default=100, type=int,
@@ -147,7 +149,9 @@ def get_args_parser():
     run.add_argument("--overwrite", action="store_true", help="start again in a used folder")
     training.add_hardware_args(run)
     run.add_argument("--max-images", default=None, type=int,
-                     help="use only this many train (and val) images, for smoke runs")
+                     help="a random subset of N train and N val images, drawn with --seed "
+                     "(the same N and seed give the same images), as in every script; for "
+                     "smoke runs")
     run.add_argument("--cache-dir", default=None, type=Path,
                      help="keep decoded image banks here (re-decoded when files change)")
     run.add_argument("--eval-batch-size", default=256, type=int, help="for validation")
@@ -369,7 +373,7 @@ def run_setting(args, banks=None):
 
     # ---- model, optimizer, schedule
     model = p1_common.Classifier(args.num_classes, freeze_backbone=frozen,
-                                 freeze_bn=args.freeze_bn)
+                                 freeze_bn=args.freeze_bn, arch=args.arch)
     steps = [] if frozen else parse_unfreeze(args.unfreeze)
     if source is not None:
         utils.load_resnet_weights(model, source)

@@ -17,7 +17,7 @@ there (augment.ClassificationAugment), so no DataLoader workers are involved.
     python3 p1_pretrain_byol.py --data-dir hw1_data/p1_data/mini/train --output-dir runs/byol
     # the strongest known run, with a k-NN probe on Office-Home every 20 epochs
     python3 p1_pretrain_byol.py --data-dir hw1_data/p1_data/mini/train --output-dir runs/byol \\
-        --recipe strong --knn-every 20 --knn-data hw1_data/p1_data/office
+        --recipe strong --knn-every 20 --knn-data-dir hw1_data/p1_data/office
     # continue an interrupted run from runs/byol/last.pth
     python3 p1_pretrain_byol.py --data-dir hw1_data/p1_data/mini/train --output-dir runs/byol \\
         --resume
@@ -73,7 +73,7 @@ import recipes
 import records
 import training
 import utils
-from p1_common import load_office, run_batches
+from p1_common import ARCH_HELP, ARCHS, load_office, run_batches
 
 BYOL_JITTER = dict(jitter=(0.4, 0.4, 0.2, 0.1), p_jitter=0.8, p_gray=0.2)
 VIEWS = {  # --aug: keyword arguments of augment.ClassificationAugment for view 1 and view 2
@@ -104,6 +104,7 @@ def get_args_parser():
     train.add_argument("--batch-size", default=256, type=int,
                        help="images per step (each seen in two views)")
     train.add_argument("--image-size", default=128, type=int, help="side of each view")
+    train.add_argument("--arch", default="resnet50", choices=list(ARCHS), help=ARCH_HELP)
     train.add_argument("--bank-size", default=None, type=int,
                        help="resize images to this square side when loading (both recipes: 128, "
                        "the report's Resize((128, 128)); unset: the native size, 84x84 for mini)")
@@ -149,8 +150,9 @@ def get_args_parser():
     probe.add_argument("--knn-every", default=0, type=int,
                        help="every N epochs (and at the end), k-NN accuracy of frozen avgpool "
                        "features, Office-Home train -> val; 0 = off")
-    probe.add_argument("--knn-data", default=None, type=Path,
-                       help="Office-Home folder with train.csv/val.csv for the probe")
+    cli.old_name(probe, "--knn-data", probe.add_argument(
+        "--knn-data-dir", dest="knn_data", default=None, type=Path,
+        help="Office-Home folder with train.csv/val.csv for the probe"))
     probe.add_argument("--knn-k", default=20, type=int, help="neighbours that vote")
 
     run = parser.add_argument_group("run")
@@ -158,7 +160,8 @@ def get_args_parser():
     run.add_argument("--overwrite", action="store_true", help="start again in a used folder")
     training.add_hardware_args(run, compile_help="torch.compile the encoders and the predictor")
     run.add_argument("--max-images", default=None, type=int,
-                     help="a random subset of this many images, for smoke runs")
+                     help="a random subset of N images, drawn with --seed (the same N and "
+                     "seed give the same images), as in every script; for smoke runs")
     run.add_argument("--cache-dir", default=None, type=Path,
                      help="keep decoded image banks here (re-decoded when files change)")
     run.add_argument("--log-every", default=50, type=int,
@@ -266,13 +269,14 @@ def plain_batchnorm():
 
 
 def build_learner(args, device, views=None):
-    """BYOL around resnet50(weights=None); views=None keeps byol-pytorch's default augmentation.
+    """BYOL around resnet50(weights=None) (--arch); views=None keeps byol-pytorch's default
+    augmentation.
     BYOL's __init__ runs one mock forward (2 random images), which also creates the target.
 
     The ResNet's fc is not on BYOL's path (the hidden layer is avgpool), so it never gets a
     gradient: it is frozen, which lets DistributedDataParallel expect none (AdamW skipped it
     anyway; backbone.pth still holds it, at its initial values)."""
-    net = torchvision.models.resnet50(weights=None).to(device)
+    net = getattr(torchvision.models, getattr(args, "arch", "resnet50"))(weights=None).to(device)
     net.fc.requires_grad_(False)
     with plain_batchnorm():
         learner = BYOL(net, image_size=args.image_size, hidden_layer="avgpool",
@@ -409,7 +413,8 @@ def holdout_loss(model, bank, args, device):
 
 
 def knn_probe(learner, banks, args, device):
-    """k-NN accuracy of the online avgpool features (B, 2048) at the evaluation view."""
+    """k-NN accuracy of the online avgpool features (B, 2048; 512 for resnet18) at the
+    evaluation view."""
     learner.eval()
     view = augment.ClassificationAugment(args.image_size, train=False)
     embed = lambda x: learner(x, return_embedding=True, return_projection=False)
@@ -427,7 +432,7 @@ def main(args):
     if args.batch_size < 2:
         raise errors.UserError("--batch-size must be at least 2 (BatchNorm in the projector)")
     if args.knn_every and args.knn_data is None:
-        raise errors.UserError("--knn-every needs --knn-data OFFICE_DIR (train.csv + val.csv)")
+        raise errors.UserError("--knn-every needs --knn-data-dir OFFICE_DIR (train.csv + val.csv)")
     # this rank's device under torchrun
     device = distributed.init_distributed(utils.get_device(args.device))
     distributed.shard_batch(args.batch_size)  # the global --batch-size must split over ranks

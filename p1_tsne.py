@@ -4,7 +4,8 @@ The features are the 512-d output of the head's second ReLU, i.e. the input of i
 (Classifier.penultimate in p1_finetune.py), computed in eval mode (BatchNorm running stats,
 Dropout off) on the evaluation view of every training image. Both checkpoints embed the same
 images; sklearn's TSNE maps each set to 2-D and the two scatter plots, coloured by class, are
-drawn side by side in one PNG.
+drawn side by side in one PNG, each titled with its epoch. Up to 20 classes get a colour each
+and a legend; Office-Home's 65 share a continuous scale with a colour bar.
 
     python3 p1_tsne.py --first runs/p1_finetune/C/epoch_001.pth \\
         --last runs/p1_finetune/C/last.pth --data-dir hw1_data/p1_data/office \\
@@ -38,8 +39,9 @@ def get_args_parser():
     parser.add_argument("--output", default=Path("results/p1_tsne_C.png"), type=Path,
                         help="the PNG to write")
     parser.add_argument("--max-images", default=None, type=int,
-                        help="embed a random subset of this many training images (same subset "
-                        "for both checkpoints)")
+                        help="embed a random subset of N training images, drawn with --seed "
+                        "(the same N and seed give the same images), as in every script; the "
+                        "same subset for both checkpoints")
     parser.add_argument("--perplexity", default=30.0, type=float, help="of sklearn's TSNE")
     parser.add_argument("--batch-size", default=256, type=int, help="images per forward")
     parser.add_argument("--device", default=None, help="cuda, cpu (default: cuda if any)")
@@ -66,20 +68,38 @@ def tsne_2d(features, perplexity, seed):
                 ).fit_transform(features.cpu().numpy().astype(np.float64))  # (N, 2)
 
 
+LEGEND_MAX = 20  # up to this many classes: one discrete colour each and a legend
+
+
 def plot_panels(points, labels, titles, path, num_classes):
-    """One PNG, one scatter per entry of `points`, coloured by class on a 65-colour map."""
+    """One PNG, one scatter per entry of `points`, coloured by class: up to LEGEND_MAX classes
+    present, a distinct colour per class (tab10/tab20) and a legend; more (Office-Home's 65), a
+    continuous colour scale over 0..num_classes-1 with a colour bar."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    present = np.unique(labels)
+    discrete = len(present) <= LEGEND_MAX
+    colours = plt.get_cmap("tab10" if len(present) <= 10 else "tab20")
     fig, axes = plt.subplots(1, len(points), figsize=(7 * len(points), 6.5), squeeze=False)
     for ax, xy, title in zip(axes[0], points, titles):
-        sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="turbo", vmin=0,
-                        vmax=max(num_classes - 1, 1), s=6, alpha=0.8, linewidths=0)
+        if discrete:
+            for i, c in enumerate(present):
+                keep = labels == c
+                ax.scatter(xy[keep, 0], xy[keep, 1], color=colours(i), s=12, alpha=0.85,
+                           linewidths=0, label=str(c))
+        else:
+            sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="turbo", vmin=0,
+                            vmax=max(num_classes - 1, 1), s=6, alpha=0.8, linewidths=0)
         ax.set_title(title)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(sc, ax=list(axes[0]), label="class", fraction=0.025, pad=0.01)
+    if discrete:
+        axes[0][-1].legend(title="class", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                           markerscale=2, frameon=False)
+    else:
+        fig.colorbar(sc, ax=list(axes[0]), label="class", fraction=0.025, pad=0.01)
     path.parent.mkdir(parents=True, exist_ok=True)
     records.save_figure(fig, path, dpi=110, bbox_inches="tight")
     return fig

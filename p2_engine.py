@@ -55,6 +55,7 @@ from data import (
     ImageBank,
     index_batches,
     list_sat_pairs,
+    subset,
 )
 from distributed import (
     all_reduce,
@@ -104,12 +105,14 @@ def add_common_args(parser):
                    help="continue the run in --output-dir from its last.pth (epoch, optimizer, "
                         "scheduler, best mIoU); --epochs may be raised")
     g.add_argument("--overwrite", action="store_true", help="start again in a used --output-dir")
-    g.add_argument("--max-train", type=int, default=None,
-                   help="first N training pairs (smoke runs)")
-    g.add_argument("--max-val", type=int, default=None, help="first N validation pairs")
     g.add_argument("--max-images", type=int, default=None,
-                   help="first N training and N validation pairs, as p1_finetune.py's "
-                        "--max-images (smoke runs); --max-train / --max-val set one alone")
+                   help="a random subset of N training and N validation pairs, drawn with "
+                        "--seed (the same N and seed give the same pairs), as in every "
+                        "script; for smoke runs. --max-train / --max-val set one split alone")
+    g.add_argument("--max-train", type=int, default=None,
+                   help="--max-images for the training split only")
+    g.add_argument("--max-val", type=int, default=None,
+                   help="--max-images for the validation split only")
     g.add_argument("--cache-dir", type=Path, default=None,
                    help="keep the decoded image banks here (.npy) so the next run starts at once")
     g.add_argument("--workers", type=int, default=None, help="threads decoding images")
@@ -121,8 +124,9 @@ def add_common_args(parser):
     g.add_argument("--epochs", type=int, default=100, help="training epochs (passes over train/)")
     g.add_argument("--batch-size", type=int, default=8, help="training images per step")
     training.add_drop_last_arg(g)
-    g.add_argument("--eval-batch-size", "--val-batch-size", type=int, default=16,
-                   help="validation images per forward, at full resolution")
+    cli.old_name(g, "--val-batch-size", g.add_argument(
+        "--eval-batch-size", type=int, default=16,
+        help="validation images per forward, at full resolution"))
     g.add_argument("--image-size", type=int, default=512,
                    help="side the training crops are resized to (validation runs at the "
                         "images' own size, so a value below it also shrinks the training scale)")
@@ -184,9 +188,10 @@ def add_common_args(parser):
     return parser
 
 
-def load_split(folder, max_n=None, cache_dir=None, workers=None):
-    """ids, image bank (N, 3, H, W) uint8 and mask bank (N, H, W) class indices of one split."""
-    pairs = list_sat_pairs(folder)[:max_n] if max_n else list_sat_pairs(folder)
+def load_split(folder, max_n=None, cache_dir=None, workers=None, seed=0):
+    """ids, image bank (N, 3, H, W) uint8 and mask bank (N, H, W) class indices of one split;
+    max_n: a random subset drawn with `seed` (--max-images, data.subset)."""
+    pairs = subset(list_sat_pairs(folder), max_n, seed)
     ids = [i for i, _, _ in pairs]
     images = ImageBank.from_paths([s for _, s, _ in pairs], kind="image", cache_dir=cache_dir,
                                   workers=workers, progress=True)
@@ -468,9 +473,9 @@ def train(args, build_model=p2_common.build_model):
     max_train = args.max_train if args.max_train is not None else args.max_images
     max_val = args.max_val if args.max_val is not None else args.max_images
     train_ids, train_x, train_y = load_split(data_dir / "train", max_train, args.cache_dir,
-                                             args.workers)
+                                             args.workers, args.seed)
     val_ids, val_x, val_y = load_split(data_dir / "validation", max_val, args.cache_dir,
-                                       args.workers)
+                                       args.workers, args.seed)
     for bank in (train_x, train_y, val_x, val_y):
         bank.to(device)
     batch_size = min(args.batch_size, len(train_ids))
@@ -517,7 +522,9 @@ def train(args, build_model=p2_common.build_model):
     ddp_model = distribute_model(model, device, find_unused_parameters=unused_aux)
     step_model = torch.compile(ddp_model) if args.compile else ddp_model
     eval_model = step_model if world_size() == 1 else model  # sharded validation: no collectives
-    micro = training.MicroBatch(args.micro_batch, device)
+    # BatchNorm (DeepLabV3's, its pooled ASPP branch included) needs 2 images or more
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    micro = training.MicroBatch(args.micro_batch, device, smallest=2 if has_bn else 1)
     train = (train_x, train_y, build_augment(args), criterion, scaler, micro)
     snapshot = (snap_ids, snap_images, snap_truths)
     curves = LiveCurves(out / "log.jsonl", out / "curves.png", ["train_loss", "val_miou", "lr"],

@@ -39,10 +39,14 @@ def get_args_parser():
         formatter_class=cli.HelpFormatter,
         description="mIoU of predicted masks (xxxx_mask.png) against ground truth, as the "
                     "course scorer computes it, with files paired by name.")
-    parser.add_argument("-g", "--gt-dir", "--labels", required=True, type=Path,
-                        help="folder with ground-truth xxxx_mask.png (e.g. p2_data/validation)")
-    parser.add_argument("-p", "--pred-dir", "--pred", required=True, type=Path,
-                        help="folder with predicted xxxx_mask.png, one per ground-truth mask")
+    # the course scorer's names (-g/--labels, -p/--pred); the old ones are accepted for one
+    # more release, hence no required=True: argparse would still ask for the new name
+    cli.old_name(parser, "--gt-dir", parser.add_argument(
+        "-g", "--labels", type=Path, default=None, metavar="GT_DIR",
+        help="required: folder with ground-truth xxxx_mask.png (e.g. p2_data/validation)"))
+    cli.old_name(parser, "--pred-dir", parser.add_argument(
+        "-p", "--pred", type=Path, default=None, metavar="PRED_DIR",
+        help="required: folder with predicted xxxx_mask.png, one per ground-truth mask"))
     parser.add_argument("--json", type=Path, default=None,
                         help="also write per-class IoU and the mean to this JSON file")
     parser.add_argument("--workers", type=int, default=8, help="threads decoding PNGs")
@@ -94,12 +98,14 @@ def evaluate(gt_dir, pred_dir, workers=8):
 
 
 def main(args):
+    if args.labels is None or args.pred is None:
+        raise UserError("give both folders: python3 p2_evaluate.py -g GT_DIR -p PRED_DIR")
     if args.json is not None:  # before the scoring, not after it
         if args.json.is_dir():
             raise UserError(f"--json {args.json} is a folder; pass a file path, e.g. "
                             f"{args.json / 'scores.json'}")
         writable_dir(args.json.parent, "--json path")
-    cm, n = evaluate(args.gt_dir, args.pred_dir, args.workers)
+    cm, n = evaluate(args.labels, args.pred, args.workers)
     iou = cm.iou().tolist()
     for c, v in enumerate(iou):
         shown = "absent" if np.isnan(v) else f"{v:.5f}"

@@ -1,4 +1,4 @@
-"""SAM (segment-anything) automatic masks on satellite images, and SAM's masks against model B.
+"""SAM (segment-anything) automatic masks on satellite images: overlays, mask files, figure.
 
 Report section 2.5: SAM ViT-H, SamAutomaticMaskGenerator with 32 points per side, predicted-IoU
 threshold 0.88 and min mask region area 100; masks overlaid in random colours, largest first.
@@ -13,30 +13,22 @@ knobs in one argument group, and a main that loads SAM, loops over the images an
     # COCO RLE json
     python3 p2_sam.py --checkpoint checkpoints/sam_vit_h_4b8939.pth --model-type vit_h \\
         --input a_sat.jpg b.png --output-dir runs/sam_files --save-masks --json
-    # SAM against model B on the whole validation split (model B's masks from hw1_2.sh);
-    # the figures show 0013 0062 0104
-    bash hw1_2.sh "$PWD/hw1_data/p2_data/validation" "$PWD/results/p2_B"
+    # the masks of the whole validation split, for p2_sam_vs_model_b.py (SAM against model B);
+    # the figure shows 0013 0062 0104
     python3 p2_sam.py --checkpoint checkpoints/sam_vit_h_4b8939.pth --model-type vit_h \\
-        --input hw1_data/p2_data/validation --output-dir runs/sam_vs_b \\
-        --gt-dir hw1_data/p2_data/validation --pred-dir results/p2_B \\
+        --input hw1_data/p2_data/validation --output-dir runs/sam_vs_b --save-masks \\
         --figure-ids 0013 0062 0104
 
 Outputs in --output-dir: `{id}_sam.png` (the overlay, same size as the input; id is the file
 name without `_sat.jpg` / extension), `sam_figure.png` (or --figure), `args.json`,
-`sam_log.jsonl` (one line per image: masks, seconds); with --save-masks `masks/{id}/{i}.png` +
-`metadata.csv`; with --json `{id}_sam.json`; with --gt-dir/--pred-dir `sam_vs_model_b.json`,
-`sam_vs_model_b.md` (the table RESULTS.md includes) and `sam_vs_model_b.png`.
+`sam_log.jsonl` (one line per image: id, file, masks, seconds), `sam_settings.json` (the mask
+generator as it ran: model, AMG settings, precision, device); with --save-masks
+`masks/{id}/{i}.png` + `metadata.csv` (what p2_sam_vs_model_b.py reads); with --json
+`{id}_sam.json`. sam_masks.py holds the layout that both scripts share.
 
 Mask order. Masks are sorted by area, largest first (stable), once, right after generation;
 that order is the drawing order (smaller masks are painted over larger ones and stay visible),
-the numbering of --save-masks / --json, and the order of the relabelling.
-
-SAM against model B (--gt-dir with ground-truth `xxxx_mask.png`, --pred-dir with model B's
-`xxxx_mask.png`, class indices 0..6 read as the course scorer reads them): mask class purity,
-coverage, model B relabelled by SAM's masks, and the mIoU of model B and of the relabelled map.
-Each number is defined once, by the docstring of the code that computes it (mask_purity,
-covered_pixels, relabel_with_masks, metrics.ConfusionMatrix); `definitions()` quotes those into
-sam_vs_model_b.json and sam_vs_model_b.md.
+the numbering of --save-masks / --json, and the order of p2_sam_vs_model_b.py's relabelling.
 
 Precision: fp32 by default, as the report ran SAM; with --amp, on CUDA, SAM's image encoder and
 mask decoder run under bf16 autocast (faster, but it moves which masks pass the 0.88 / 0.95
@@ -46,10 +38,7 @@ CUDA (upstream: 64, kept on CPU).
 """
 
 import argparse
-import csv
-import inspect
 import json
-import math
 import pickle
 import sys
 import time
@@ -57,7 +46,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 from segment_anything.utils.amg import coco_encode_rle, mask_to_rle_pytorch
 
@@ -65,10 +53,19 @@ import cli
 import data
 import training
 import utils
-from data import CLASS_NAMES, IMAGE_EXTENSIONS, NUM_CLASSES, SCORED_CLASSES
+from data import IMAGE_EXTENSIONS
 from errors import UserError
-from metrics import ConfusionMatrix
-from records import append_jsonl, atomic_write_bytes, writable_dir, write_json
+from records import append_jsonl, writable_dir, write_json
+from sam_masks import (
+    LOG_FILE,
+    MASKS_DIR,
+    SETTINGS_FILE,
+    count,
+    paint_order,
+    read_image,
+    tile_figure,
+    write_masks_to_folder,
+)
 
 MODEL_TYPES = ("vit_h", "vit_l", "vit_b")
 # The official file of each model type (https://github.com/facebookresearch/segment-anything).
@@ -78,20 +75,17 @@ CHECKPOINT_NAMES = {"vit_h": "sam_vit_h_4b8939.pth", "vit_l": "sam_vit_l_0b3195.
 PATCH_KEY = "image_encoder.patch_embed.proj.weight"
 EMBED_DIM_TO_TYPE = {1280: "vit_h", 1024: "vit_l", 768: "vit_b"}
 GPU_POINTS_PER_BATCH, CPU_POINTS_PER_BATCH = 256, 64
-METADATA_HEADER = ("id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,"
-                   "predicted_iou,stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h")
-LOG_FILE = "sam_log.jsonl"
-# The two rows of the comparison table: key in sam_vs_model_b.json -> label
-ROWS = {"model_b": "model B", "sam_relabelled": "model B relabelled by SAM masks"}
 
 
 def get_args_parser():
     parser = argparse.ArgumentParser(
         formatter_class=cli.HelpFormatter,
-        description="SAM automatic masks overlaid in random colours (largest first), one "
-                    "overlay PNG per input and one figure; optionally SAM's masks against model "
-                    "B's predictions (class purity, mIoU after relabelling each mask).",
-        epilog="Exact commands are in the module docstring (head -25 p2_sam.py).")
+        description="SAM automatic masks overlaid in random colours (largest first): one "
+                    "overlay PNG per input and one side-by-side figure; optionally the masks "
+                    "themselves (--save-masks: PNGs + metadata.csv, as segment-anything's amg.py; "
+                    "--json: COCO RLE). p2_sam_vs_model_b.py scores a --save-masks run against "
+                    "model B.",
+        epilog="Exact commands are in the module docstring (head -20 p2_sam.py).")
     parser.add_argument("--checkpoint", required=True, type=Path, metavar="PATH",
                         help="SAM weights, e.g. checkpoints/sam_vit_h_4b8939.pth "
                              "(bash hw1_download.sh sam)")
@@ -110,9 +104,10 @@ def get_args_parser():
     parser.add_argument("--figure", type=Path, default=None, metavar="PATH",
                         help="the side-by-side figure (default: OUTPUT_DIR/sam_figure.png)")
     parser.add_argument("--figure-ids", nargs="+", default=None, metavar="ID",
-                        help="images shown in the figures (default: --ids, else the first 3)")
+                        help="images shown in the figure (default: --ids, else the first 3)")
     parser.add_argument("--save-masks", action="store_true",
-                        help="also write masks/{id}/{i}.png and metadata.csv, as amg.py does")
+                        help="also write masks/{id}/{i}.png and metadata.csv, as amg.py does "
+                             "(p2_sam_vs_model_b.py reads them)")
     parser.add_argument("--json", action="store_true",
                         help="also write {id}_sam.json: the mask records with COCO RLE "
                              "segmentations (compressed with pycocotools if installed, else "
@@ -125,14 +120,6 @@ def get_args_parser():
                         help="bf16 autocast of SAM's networks on CUDA (no effect on CPU); off "
                         "by default: the report ran fp32, and bf16 moves which masks pass the "
                         "0.88 / 0.95 thresholds")
-
-    cmp = parser.add_argument_group(
-        "SAM against model B", "give both to score SAM's masks; see the module docstring")
-    cmp.add_argument("--gt-dir", type=Path, default=None, metavar="DIR",
-                     help="ground-truth xxxx_mask.png (e.g. hw1_data/p2_data/validation); "
-                          "inputs without one get an overlay only")
-    cmp.add_argument("--pred-dir", type=Path, default=None, metavar="DIR",
-                     help="model B's xxxx_mask.png for the same ids (written by hw1_2.sh)")
 
     amg = parser.add_argument_group(
         "AMG settings", "SamAutomaticMaskGenerator's knobs; defaults are the report's (32 points "
@@ -169,8 +156,6 @@ def get_args_parser():
 
 
 def check_args(args):
-    if (args.gt_dir is None) != (args.pred_dir is None):
-        raise UserError("--gt-dir and --pred-dir go together (ground truth and model B's masks)")
     if args.points_per_side < 1:
         raise UserError(f"--points-per-side must be >= 1, got {args.points_per_side}")
     if args.points_per_batch is not None and args.points_per_batch < 1:
@@ -229,35 +214,6 @@ def list_inputs(inputs, ids=None):
     return files
 
 
-def comparison_pairs(files, gt_dir, pred_dir):
-    """{id: (gt_path, pred_path)} for the inputs that have ground truth.
-
-    A missing prediction for an image with ground truth stops the run before SAM is loaded.
-    """
-    for folder, what in ((gt_dir, "--gt-dir"), (pred_dir, "--pred-dir")):
-        if not Path(folder).is_dir():
-            raise UserError(f"{what} {folder} does not exist")
-    pairs, no_gt = {}, []
-    for f in files:
-        i = image_id(f)
-        gt = Path(gt_dir) / f"{i}_mask.png"
-        if gt.is_file():
-            pairs[i] = (gt, Path(pred_dir) / f"{i}_mask.png")
-        else:
-            no_gt.append(i)
-    if not pairs:
-        raise UserError(f"no input has a ground-truth mask in {gt_dir} (looked for e.g. "
-                        f"{Path(gt_dir) / (image_id(files[0]) + '_mask.png')})")
-    no_pred = [i for i, (_, p) in pairs.items() if not p.is_file()]
-    if no_pred:
-        raise UserError(f"no model B prediction {pairs[no_pred[0]][1]} ({len(no_pred)} missing); "
-                        "write them with `bash hw1_2.sh IMAGE_DIR PRED_DIR`")
-    if no_gt:
-        print(f"{len(no_gt)} input(s) without ground truth in {gt_dir} (e.g. {no_gt[0]}): "
-              "overlay only")
-    return pairs
-
-
 # ---------------------------------------------------------------------------------------------
 # model
 # ---------------------------------------------------------------------------------------------
@@ -311,17 +267,6 @@ def load_sam_state_dict(checkpoint, model_type, map_location="cpu"):
                         f"{state[PATCH_KEY].shape[0]}), not {model_type}: pass --model-type "
                         f"{found}, or {fetch}")
     return state
-
-
-def read_image(path):
-    """(H, W, 3) uint8 RGB, read with OpenCV as the report's SAM run read its images (and as
-    SAM's own amg.py does: cv2.imread, then BGR -> RGB); a file OpenCV cannot read (16-bit,
-    CMYK, a palette PNG with alpha...) goes through data.load_rgb, which reads any mode."""
-    import cv2
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None or bgr.dtype != np.uint8:
-        return np.asarray(data.load_rgb(path))
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def build_sam_model(model_type="vit_h", checkpoint=None, device="cpu"):
@@ -441,12 +386,6 @@ def timed_masks(generator, image, path, device):
 # ---------------------------------------------------------------------------------------------
 # drawing
 # ---------------------------------------------------------------------------------------------
-def paint_order(masks):
-    """Indices of `masks` by area, largest first; equal areas keep their input order."""
-    areas = [int(np.count_nonzero(m)) for m in masks]
-    return sorted(range(len(masks)), key=lambda i: -areas[i])
-
-
 def mask_colours(n, seed=0):
     """(n, 3) uint8 random colours; the k-th goes to the k-th mask painted (largest first)."""
     return (np.random.default_rng(seed).random((n, 3)) * 255).round().astype(np.uint8)
@@ -474,42 +413,6 @@ def draw_overlay(image, masks, alpha=0.35, seed=0):
     return out.round().clip(0, 255).astype(np.uint8)
 
 
-def _font(size):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one bitmap font size
-        return ImageFont.load_default()
-
-
-def tile_figure(rows, path, max_height=512):
-    """Grid of captioned images: `rows` is a list of rows of (caption, (H, W, 3) uint8 array).
-
-    Every cell is scaled to one height (the tallest cell's, at most `max_height`), keeping its
-    aspect ratio; drawn and written as PNG with PIL alone.
-    """
-    height = min(max_height, max(a.shape[0] for row in rows for _, a in row))
-    font, pad, caption_h = _font(max(12, height // 24)), 8, max(16, height // 14)
-    cells = [[(c, Image.fromarray(a).resize((max(1, round(a.shape[1] * height / a.shape[0])),
-                                             height), Image.LANCZOS)
-               if a.shape[0] != height else Image.fromarray(a)) for c, a in row] for row in rows]
-    widths = [sum(im.width for _, im in row) + pad * (len(row) + 1) for row in cells]
-    canvas = Image.new("RGB", (max(widths), len(cells) * (height + caption_h + pad) + pad),
-                       "white")
-    draw = ImageDraw.Draw(canvas)
-    y = pad
-    for row in cells:
-        x = pad
-        for caption, im in row:
-            draw.text((x, y), caption, fill="black", font=font)
-            canvas.paste(im, (x, y + caption_h))
-            x += im.width + pad
-        y += height + caption_h + pad
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data.save_image(path, canvas)
-    return path
-
-
 # ---------------------------------------------------------------------------------------------
 # writing masks (as segment-anything's scripts/amg.py)
 # ---------------------------------------------------------------------------------------------
@@ -533,216 +436,25 @@ def mask_records_json(records):
             for r, rle in zip(records, rles)]
 
 
-def write_masks_to_folder(records, folder):
-    """`{i}.png` (0/255) per mask and metadata.csv, the layout of upstream's amg.py."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "metadata.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(METADATA_HEADER.split(","))
-        for i, r in enumerate(records):
-            Image.fromarray(np.asarray(r["segmentation"], np.uint8) * 255).save(folder / f"{i}.png")
-            writer.writerow([i, r["area"], *r["bbox"], *r["point_coords"][0], r["predicted_iou"],
-                             r["stability_score"], *r["crop_box"]])
-
-
 def write_image_outputs(out, i, image, found, args):
     """`{i}_sam.png`, and with --save-masks / --json the masks as amg.py writes them; returns
     the overlay."""
     overlay = draw_overlay(image, [r["segmentation"] for r in found], args.alpha, args.seed)
     data.save_image(out / f"{i}_sam.png", overlay)
     if args.save_masks:
-        write_masks_to_folder(found, out / "masks" / i)
+        write_masks_to_folder(found, out / MASKS_DIR / i)
     if args.json:
         write_json(out / f"{i}_sam.json", mask_records_json(found))
     return overlay
 
 
-def write_figures(figure, comparison_figure, shown):
-    """The overlays of `shown` ({id: view}, in figure order) side by side at `figure`; for the
-    scored ones, rows of image / ground truth / model B / SAM / relabelled at `comparison_figure`.
-    """
+def write_figure(figure, shown):
+    """The overlays of `shown` ({id: view}, in figure order) side by side at `figure`."""
     if not shown:
         return
-    tile_figure([[(f"{i} ({_count(v['masks'], 'mask')})", v["overlay"])
+    tile_figure([[(f"{i} ({count(v['masks'], 'mask')})", v["overlay"])
                   for i, v in shown.items()]], figure)
     print(f"figure: {figure}")
-    rows = [[(f"{i} image", v["image"]),
-             ("ground truth", data.classes_to_rgb(v["gt"])),
-             ("model B", data.classes_to_rgb(v["pred"])),
-             (f"SAM ({_count(v['masks'], 'mask')})", v["overlay"]),
-             ("model B relabelled by SAM", data.classes_to_rgb(v["relabelled"]))]
-            for i, v in shown.items() if "gt" in v]
-    if rows:
-        tile_figure(rows, comparison_figure)
-
-
-# ---------------------------------------------------------------------------------------------
-# SAM against model B: each number is defined by the first paragraph of the docstring of the
-# code computing it; definitions() hands that text to the JSON and the markdown
-# ---------------------------------------------------------------------------------------------
-def mask_purity(masks, gt, return_counts=False):
-    """Class purity of SAM's masks against ground truth: sum_m max_c |m & GT_c| / sum_m |m| over
-    all masks m of all scored images, c over the 7 classes (Unknown included: a mask lying on
-    Unknown ground truth is pure); overlapping masks each count in full. 1.0 means that no mask
-    straddles a class border.
-
-    For one (H, W) class map `gt`; NaN when the masks cover nothing. With `return_counts`, the
-    (numerator, denominator) pixel counts, which the summary adds up over images.
-    """
-    gt = np.asarray(gt)
-    pure = total = 0
-    for m in masks:
-        m = np.asarray(m, dtype=bool)
-        if m.shape != gt.shape:
-            raise ValueError(f"mask is {m.shape}, the class map {gt.shape}")
-        inside = gt[m]
-        if inside.size:
-            pure += int(np.bincount(inside.ravel(), minlength=NUM_CLASSES).max())
-            total += int(inside.size)
-    if return_counts:
-        return pure, total
-    return _ratio(pure, total)
-
-
-def covered_pixels(masks, shape):
-    """Coverage: the fraction of pixels under at least one SAM mask, over all pixels of all
-    scored images.
-
-    Returns the count of one image of (H, W) `shape`; the summary divides the sum by the pixels.
-    """
-    covered = np.zeros(shape, dtype=bool)
-    for m in masks:
-        covered |= np.asarray(m, dtype=bool)
-    return int(covered.sum())
-
-
-def relabel_with_masks(masks, pred):
-    """Model B relabelled by SAM masks: each SAM mask takes model B's majority class over the
-    whole mask (ties -> the lower class index); masks are painted largest first, so where masks
-    overlap the smallest one wins (as in the overlay); pixels under no mask keep model B's class.
-
-    `pred` is model B's (H, W) class map; every majority is taken in the original `pred`.
-    Returns the relabelled copy.
-    """
-    pred = np.asarray(pred)
-    out = pred.copy()
-    for i in paint_order(masks):
-        m = np.asarray(masks[i], dtype=bool)
-        if m.shape != pred.shape:
-            raise ValueError(f"mask {i} is {m.shape}, the class map {pred.shape}")
-        if m.any():
-            out[m] = np.bincount(pred[m].ravel(), minlength=NUM_CLASSES).argmax()
-    return out
-
-
-def definitions():
-    """{key of sam_vs_model_b.json: its definition}, quoted from the docstring of the code that
-    computes it (its first paragraph; all of metrics.ConfusionMatrix's for the mIoU)."""
-    return {"purity": _doc(mask_purity), "coverage": _doc(covered_pixels),
-            "sam_relabelled": _doc(relabel_with_masks), "miou": _doc(ConfusionMatrix, None)}
-
-
-def _doc(obj, paragraphs=1):
-    text = inspect.cleandoc(obj.__doc__ or "")  # empty under python -OO
-    return " ".join(" ".join(text.split("\n\n")[:paragraphs]).split())
-
-
-class Comparison:
-    """SAM's masks against model B, added up image by image; summary() is sam_vs_model_b.json."""
-
-    def __init__(self):
-        self.cm_b, self.cm_sam = ConfusionMatrix(), ConfusionMatrix()  # model B, relabelled
-        self.pure = self.total = 0  # mask_purity's counts
-        self.per_image = []
-
-    def add(self, i, masks, gt, pred):
-        """Score image `i`: (its row of per_image, model B's `pred` relabelled by `masks`)."""
-        gt, pred = np.asarray(gt), np.asarray(pred)  # (H, W) class indices each
-        relabelled = relabel_with_masks(masks, pred)
-        self.cm_b.update(gt, pred)
-        self.cm_sam.update(gt, relabelled)
-        pure, total = mask_purity(masks, gt, return_counts=True)
-        self.pure, self.total = self.pure + pure, self.total + total
-        row = {"id": i, "masks": len(masks), "purity": _num(_ratio(pure, total)),
-               "pixels": int(gt.size), "covered_pixels": covered_pixels(masks, gt.shape),
-               "changed_pixels": int((relabelled != pred).sum())}
-        self.per_image.append(row)
-        return row, relabelled
-
-    def summary(self, settings):
-        rows = self.per_image
-        scores = {key: {"miou": _num(cm.miou()), "iou": cm.per_class(SCORED_CLASSES),
-                        "pixel_accuracy": _num(cm.pixel_accuracy())}
-                  for key, cm in (("model_b", self.cm_b), ("sam_relabelled", self.cm_sam))}
-        return {"images": len(rows), "masks": sum(r["masks"] for r in rows),
-                "purity": _num(_ratio(self.pure, self.total)),
-                "coverage": _num(_ratio(sum(r["covered_pixels"] for r in rows),
-                                        sum(r["pixels"] for r in rows))),
-                **scores, "definitions": definitions(), "settings": settings, "per_image": rows}
-
-
-def score_image(comparison, i, masks, pair, image_path, shape):
-    """Add image `i` to `comparison`; returns (its log fields, its class maps for the figure),
-    or None when its ground truth or model B's mask cannot be read (said, and the run goes on).
-    A class map of another size than its image stops the run."""
-    try:
-        gt, pred = (data.read_mask(p) for p in pair)
-    except UserError as e:
-        print(f"{image_path.name} not scored: {e.message}", file=sys.stderr)
-        return None
-    for name, arr in zip(pair, (gt, pred)):
-        if arr.shape != shape:
-            raise UserError(f"{name} is {arr.shape[1]}x{arr.shape[0]}, its image {image_path} "
-                            f"{shape[1]}x{shape[0]}")
-    row, relabelled = comparison.add(i, masks, gt, pred)
-    return row, {"gt": gt, "pred": pred, "relabelled": relabelled}
-
-
-def comparison_markdown(summary):
-    """sam_vs_model_b.md: the mIoU table, the pooled numbers and their definitions, as
-    RESULTS.md includes it."""
-    names = CLASS_NAMES[:SCORED_CLASSES]
-    lines = ["| prediction | mIoU | " + " | ".join(names) + " |",
-             "|---|---|" + "---|" * len(names)]
-    for key, label in ROWS.items():
-        s = summary[key]
-        lines.append(f"| {label} | {_fmt(s['miou'])} | "
-                     + " | ".join(_fmt(s["iou"][n]) for n in names) + " |")
-    st = summary["settings"]
-    lines += ["",
-              f"{summary['images']} image(s), {summary['masks']} SAM masks ({st['model']}, "
-              f"points per side {st['points_per_side']}, pred IoU thresh "
-              f"{st['pred_iou_thresh']}, min mask region area {st['min_mask_region_area']}); "
-              f"mask class purity against ground truth {_fmt(summary['purity'])}, pixels under "
-              f"a mask {_fmt(summary['coverage'])}.",
-              "", "Definitions (from the code, as in sam_vs_model_b.json):", ""]
-    lines += [f"- {key}: {text}" for key, text in summary["definitions"].items()]
-    return "\n".join(lines) + "\n"
-
-
-def write_comparison(out, summary):
-    write_json(out / "sam_vs_model_b.json", summary)
-    atomic_write_bytes(out / "sam_vs_model_b.md", comparison_markdown(summary).encode())
-    print(f"SAM vs model B on {summary['images']} image(s): purity {summary['purity']}, "
-          f"mIoU model B {summary['model_b']['miou']}, relabelled "
-          f"{summary['sam_relabelled']['miou']} -> {out / 'sam_vs_model_b.md'}")
-
-
-def _ratio(a, b):
-    return a / b if b else float("nan")
-
-
-def _num(x, digits=6):
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, digits)
-
-
-def _fmt(v):
-    return "n/a" if v is None else f"{v:.4f}"
-
-
-def _count(n, noun):
-    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def print_speed(seconds, device):
@@ -763,18 +475,18 @@ def main(args, model=None):
     utils.seed_everything(args.seed)
     utils.setup_precision(device, args.amp)
     files = list_inputs(args.input, args.ids)
-    pairs = comparison_pairs(files, args.gt_dir, args.pred_dir) if args.gt_dir else {}
     figure_ids = args.figure_ids or args.ids or [image_id(f) for f in files[:3]]
     out = training.prepare_output_dir(args.output_dir, args, overwrite=args.overwrite,
                                       marker=LOG_FILE)
     if args.figure is not None:  # checked now, not after every image is segmented
         writable_dir(Path(args.figure).parent, "--figure")
     generator, settings = load_generator(args, device, model)
+    write_json(out / SETTINGS_FILE, settings)  # quoted by p2_sam_vs_model_b.py
     training.print_run_header(args, device, batch_size=settings["points_per_batch"])
     print(f"{settings['model']} | {'bf16 autocast' if settings['amp'] else 'fp32'} | "
           f"{len(files)} image(s)")
 
-    comparison, views, failed, seconds = Comparison(), {}, [], []
+    views, failed, seconds = {}, [], []
     for k, path in enumerate(files, 1):
         i = image_id(path)
         try:
@@ -785,26 +497,16 @@ def main(args, model=None):
             continue
         found, dt = timed_masks(generator, image, path, device)
         masks = [r["segmentation"] for r in found]  # (H, W) bool each, largest first
-        view = {"image": image, "masks": len(masks),
-                "overlay": write_image_outputs(out, i, image, found, args)}
+        view = {"masks": len(masks), "overlay": write_image_outputs(out, i, image, found, args)}
         line = {"id": i, "file": str(path), "masks": len(masks), "seconds": round(dt, 4)}
-        print(f"[{k}/{len(files)}] {path.name}: {_count(len(masks), 'mask')} in {dt:.2f} s")
+        print(f"[{k}/{len(files)}] {path.name}: {count(len(masks), 'mask')} in {dt:.2f} s")
         seconds.append(dt)
-        if i in pairs:
-            scored = score_image(comparison, i, masks, pairs[i], path, image.shape[:2])
-            if scored is None:
-                failed.append(" / ".join(map(str, pairs[i])))
-            else:
-                line.update(scored[0])
-                view.update(scored[1])
         append_jsonl(out / LOG_FILE, line)
         if i in figure_ids:
             views[i] = view
 
-    write_figures(args.figure or out / "sam_figure.png", out / "sam_vs_model_b.png",
-                  {i: views[i] for i in figure_ids if i in views})
-    if comparison.per_image:
-        write_comparison(out, comparison.summary(settings))
+    write_figure(args.figure or out / "sam_figure.png",
+                 {i: views[i] for i in figure_ids if i in views})
     print_speed(seconds, device)
     print(json.dumps({"output_dir": str(out), "images": len(seconds), "skipped": len(failed)}))
     if failed:

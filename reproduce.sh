@@ -5,7 +5,7 @@
 #   bash reproduce.sh --recipe strong        # the strongest known run per cell (recipes.py)
 #   bash reproduce.sh --demo                 # procedural demo data, about 16 min on 2 CPU cores
 #   bash reproduce.sh --scale smoke          # smallest demo (CI), < 3 min on 2 CPU cores
-#   bash reproduce.sh --force                # redo the steps that are already finished
+#   bash reproduce.sh --overwrite            # redo the steps that are already finished
 #   PYTHON=.venv/bin/python bash reproduce.sh --demo
 #
 # Steps, in order (each one skipped when its output is already there and up to date; a training
@@ -18,7 +18,8 @@
 #   deeplabv3   p2_train_deeplabv3.py -> RUNS/p2_deeplabv3 (same files)
 #   eval_A      p2_inference.py + p2_evaluate.py -> OUT/p2_A/*.png, OUT/p2_A_scores.json
 #   eval_B      the same for model B  -> OUT/p2_B/*.png, OUT/p2_B_scores.json
-#   sam         p2_sam.py (only with the SAM checkpoint) -> RUNS/sam_vs_b/sam_vs_model_b.json
+#   sam         p2_sam.py, p2_sam_vs_model_b.py (with the SAM checkpoint)
+#                 -> RUNS/sam_vs_b/sam_vs_model_b.json
 #   report      results_report.py     -> OUT/RESULTS.md (tables, figures, architectures, timings)
 # Step timings go to OUT/timings.json.
 set -euo pipefail
@@ -28,28 +29,32 @@ PY=${PYTHON:-python3}
 
 usage() {
   cat <<'EOF'
-usage: bash reproduce.sh [--recipe report|strong] [--demo] [--scale smoke|demo] [--out DIR]
-                         [--runs DIR] [--data-dir DIR] [--sam-checkpoint PATH] [--force]
-                         [--keep-checkpoints] [--dry-run]
+usage: bash reproduce.sh [--recipe report|strong] [--demo] [--scale smoke|demo]
+                         [--data-dir DIR] [--output-dir DIR] [--runs-dir DIR]
+                         [--sam-checkpoint PATH] [--overwrite] [--keep-checkpoints] [--dry-run]
 
   --recipe NAME       report (default): the report's run, quirks included; strong: the
                       strongest known run per cell. recipes.py holds both, with the reasons
 
-  --demo              run the whole chain on make_demo_data.py output even if hw1_data/ exists
-                      (the demo is also what runs when the real data is missing)
+  --demo              run the whole chain on make_demo_data.py output, whatever hw1_data/
+                      holds. Without --demo and --data-dir the demo runs only when hw1_data/
+                      is not there, and says so
   --scale smoke|demo  size of the demo (implies --demo): smoke = the smallest chain (CI, a few
                       minutes on 2 CPU cores), demo = one that learns (about 16 min on 2 cores);
                       default demo
-  --out DIR           results: RESULTS.md, timings.json, p1_table.json, masks, scores
+  --data-dir DIR      the real data: the folder holding p1_data/ and p2_data/ (default
+                      hw1_data/ beside this script). One that is missing or incomplete stops
+                      the run at once, with one line
+  --output-dir DIR    results: RESULTS.md, timings.json, p1_table.json, masks, scores
                       (default results/ for the real data, results/demo-SCALE/ for the demo;
                       with --recipe strong, results-strong/ and results/demo-SCALE-strong/)
-  --runs DIR          run folders (default runs/ with the real data and the default --out,
-                      else OUT/runs)
-  --data-dir DIR      the real hw1_data folder (default hw1_data; one that is named and
-                      incomplete is an error, not the demo)
+  --runs-dir DIR      run folders (default runs/ with the real data and the default
+                      --output-dir, else OUTPUT_DIR/runs)
   --sam-checkpoint P  SAM ViT-H weights (default checkpoints/sam_vit_h_4b8939.pth); the SAM
                       step is skipped, with the reason in RESULTS.md, when the file is missing
-  --force             redo every step, even finished ones (training runs start again)
+  --overwrite         redo every step, even finished ones: training runs start again in their
+                      folders and the demo data is written again (only what this chain wrote
+                      is replaced)
   --keep-checkpoints  demo: keep every checkpoint (by default the demo deletes the last.pth,
                       epoch_*.pth and BYOL best.pth files no later step reads: 5.7 GB -> 1.8 GB)
   --dry-run           print the commands each step would run (after its skip check) and
@@ -64,10 +69,10 @@ DEMO=0
 SCALE=""
 OUT=""
 RUNS=""
-DATA=hw1_data
+DATA=$ROOT/hw1_data
 DATA_GIVEN=0
-SAM_CKPT=checkpoints/sam_vit_h_4b8939.pth
-FORCE=0
+SAM_CKPT=$ROOT/checkpoints/sam_vit_h_4b8939.pth
+OVERWRITE=0
 KEEP_CKPT=0
 DRY=0
 while [ $# -gt 0 ]; do
@@ -75,11 +80,12 @@ while [ $# -gt 0 ]; do
     --recipe) RECIPE=${2:?--recipe needs report or strong}; shift ;;
     --demo) DEMO=1 ;;
     --scale) SCALE=${2:?--scale needs smoke or demo}; DEMO=1; shift ;;
-    --out) OUT=${2:?--out needs a folder}; shift ;;
-    --runs) RUNS=${2:?--runs needs a folder}; shift ;;
+    # the second name of each of these is its old one, accepted for one more release
+    --output-dir|--out) OUT=${2:?--output-dir needs a folder}; shift ;;
+    --runs-dir|--runs) RUNS=${2:?--runs-dir needs a folder}; shift ;;
     --data-dir|--data) DATA=${2:?--data-dir needs a folder}; DATA_GIVEN=1; shift ;;
     --sam-checkpoint) SAM_CKPT=${2:?--sam-checkpoint needs a path}; shift ;;
-    --force) FORCE=1 ;;
+    --overwrite|--force) OVERWRITE=1 ;;
     --keep-checkpoints) KEEP_CKPT=1 ;;
     --dry-run) DRY=1 ;;
     -h|--help) usage; exit 0 ;;
@@ -105,22 +111,33 @@ SAM_CKPT=$(abspath "$SAM_CKPT")
 [ -n "$RUNS" ] && RUNS=$(abspath "$RUNS")
 cd "$ROOT"
 
+# The data: the demo runs when asked for, or when no --data-dir is given and hw1_data/ is not
+# there at all; a folder that is named, or an hw1_data/ that is there, must hold the data (a
+# typo or a half-finished download stops here, in one line, instead of starting the demo).
 REAL_REASON=""
-if [ "$DEMO" = 0 ]; then
-  for d in "$DATA/p1_data/mini/train" "$DATA/p1_data/office" "$DATA/p2_data/train" \
-           "$DATA/p2_data/validation"; do
-    if [ ! -d "$d" ]; then
-      if [ "$DATA_GIVEN" = 1 ]; then  # a folder the user named: a typo must not start the demo
-        echo "error: --data-dir $DATA has no ${d#"$DATA"/}; pass the hw1_data folder (bash hw1_download.sh data fetches it), or --demo" >&2
-        exit 2
+FETCH="bash hw1_download.sh data fetches it into hw1_data/"
+if [ "$DEMO" = 1 ] && [ "$DATA_GIVEN" = 1 ]; then
+  echo "error: --data-dir and --demo (or --scale) exclude each other: the demo writes its own data; drop one of them" >&2
+  exit 2
+elif [ "$DEMO" = 1 ]; then
+  REAL_REASON="the demo was asked for (--demo or --scale)"
+elif [ "$DATA_GIVEN" = 0 ] && [ ! -e "$DATA" ]; then
+  REAL_REASON="no --data-dir was given and $DATA/ is not there ($FETCH; --data-dir DIR names another folder)"
+  DEMO=1
+elif [ ! -d "$DATA" ]; then
+  echo "error: --data-dir $DATA does not exist; pass the folder that holds p1_data/ and p2_data/ ($FETCH), or --demo for the procedural demo" >&2
+  exit 2
+else
+  for d in p1_data/mini/train p1_data/office p2_data/train p2_data/validation; do
+    if [ ! -d "$DATA/$d" ]; then
+      if [ "$DATA_GIVEN" = 1 ]; then
+        echo "error: --data-dir $DATA has no $d; pass the folder that holds p1_data/ and p2_data/ ($FETCH), or --demo for the procedural demo" >&2
+      else
+        echo "error: $DATA has no $d (a download that did not finish?); bash hw1_download.sh data completes it, --data-dir DIR names another folder, --demo runs the procedural demo" >&2
       fi
-      REAL_REASON="the real data is missing ($d not found; bash hw1_download.sh data fetches it)"
-      DEMO=1
-      break
+      exit 2
     fi
   done
-else
-  REAL_REASON="the demo was asked for (--demo or --scale)"
 fi
 if [ "$DEMO" = 1 ]; then
   SCALE=${SCALE:-demo}
@@ -215,7 +232,7 @@ run() {  # print a command ('' for an empty word), remember it, run it (unless -
 
 record() {  # record STEP STATUS SECONDS [NOTE]
   [ "$DRY" = 1 ] && return
-  "$PY" results_report.py --out "$OUT" --record "$1" --status "$2" --seconds "$3" \
+  "$PY" results_report.py --output-dir "$OUT" --record "$1" --status "$2" --seconds "$3" \
     --command "$STEP_COMMANDS" --note "${4:-}"
 }
 
@@ -259,7 +276,7 @@ EOF
 
 train_mode() {  # train_mode UPSTREAM_FILE RUN_DIR OUTPUT: print skip, --resume or --overwrite
   local upstream=$1 dir=$2 output=$3
-  if [ "$FORCE" = 1 ]; then echo --overwrite; return; fi
+  if [ "$OVERWRITE" = 1 ]; then echo --overwrite; return; fi
   # a run started before its input changed starts again, finished or not
   if [ -n "$upstream" ] && [ -f "$dir/args.json" ] && [ "$upstream" -nt "$dir/args.json" ]; then
     echo --overwrite
@@ -272,8 +289,8 @@ train_mode() {  # train_mode UPSTREAM_FILE RUN_DIR OUTPUT: print skip, --resume 
   fi
 }
 
-up_to_date() {  # up_to_date OUTPUT INPUT: OUTPUT exists, is newer than INPUT, and no --force
-  [ "$FORCE" = 0 ] && [ -f "$1" ] && [ "$1" -nt "$2" ]
+up_to_date() {  # up_to_date OUTPUT INPUT: OUTPUT exists, is newer than INPUT, and no --overwrite
+  [ "$OVERWRITE" = 0 ] && [ -f "$1" ] && [ "$1" -nt "$2" ]
 }
 
 prune() {  # demo only: delete checkpoints that no later step reads
@@ -285,11 +302,11 @@ prune() {  # demo only: delete checkpoints that no later step reads
 
 # --------------------------------------------------------------------------------- steps
 step_data() {
-  if [ "$FORCE" = 0 ] && [ -f "$DATA/DONE" ]; then
+  if [ "$OVERWRITE" = 0 ] && [ -f "$DATA/DONE" ]; then
     skip "$DATA/DONE exists"
     return
   fi
-  run "$PY" make_demo_data.py --out "$DATA" --overwrite "${DATA_ARGS[@]}"
+  run "$PY" make_demo_data.py --output-dir "$DATA" --overwrite "${DATA_ARGS[@]}"
   [ "$DRY" = 1 ] || echo "make_demo_data.py ${DATA_ARGS[*]}" > "$DATA/DONE"
 }
 
@@ -403,17 +420,22 @@ step_sam() {
     skip "$RUNS/sam_vs_b/sam_vs_model_b.json is newer than model B's masks"
     return
   fi
-  # the real run scores SAM on the whole validation split; the demo on the report's 3 images
+  # the real run scores SAM on the whole validation split; the demo on the report's 3 images.
+  # SAM's masks first (saved), then the comparison, which reads them (its figure: the same ids)
   run "$PY" p2_sam.py --checkpoint "$SAM_CKPT" --model-type vit_h --input "$VAL" \
-    --output-dir "$RUNS/sam_vs_b" --overwrite --gt-dir "$VAL" --pred-dir "$OUT/p2_B" \
+    --output-dir "$RUNS/sam_vs_b" --overwrite --save-masks \
     --figure-ids 0013 0062 0104 "${SAM_ARGS[@]}"
+  run "$PY" p2_sam_vs_model_b.py --sam-dir "$RUNS/sam_vs_b" --labels "$VAL" \
+    --pred "$OUT/p2_B"
 }
 
 # ---------------------------------------------------------------------------------- main
 if [ "$DRY" = 0 ]; then
-  "$PY" results_report.py --out "$OUT" --record-run --mode "$MODE" --scale "$SCALE" \
-    --recipe "$RECIPE" \
-    --data-root "$DATA" --runs-dir "$RUNS" --reason "$REAL_REASON" --force-run "$FORCE"
+  OVERWRITE_RUN=()
+  [ "$OVERWRITE" = 1 ] && OVERWRITE_RUN=(--overwrite)
+  "$PY" results_report.py --output-dir "$OUT" --record-run --mode "$MODE" --scale "$SCALE" \
+    --recipe "$RECIPE" --data-dir "$DATA" --runs-dir "$RUNS" --reason "$REAL_REASON" \
+    "${OVERWRITE_RUN[@]}"
 fi
 
 T_START=$EPOCHREALTIME
@@ -429,6 +451,6 @@ step sam step_sam
 
 echo
 echo "== [report]"
-run "$PY" results_report.py --out "$OUT"
+run "$PY" results_report.py --output-dir "$OUT"
 echo "== all steps in $(awk -v a="$T_START" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", b - a }') s;" \
   "results in $OUT/RESULTS.md"

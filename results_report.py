@@ -2,21 +2,21 @@
 
     # the report of a reproduce.sh run (reads OUT/reproduce.json, OUT/timings.json and the
     # files of every step; missing ones are reported as missing)
-    python3 results_report.py --out results
+    python3 results_report.py --output-dir results
     # only the architecture tables of models A (FCN32s) and B (DeepLabV3-ResNet50), as markdown
     python3 results_report.py --arch-only
     python3 results_report.py --arch-only --input-size 256 --output results/architectures.md
     # what reproduce.sh calls: remember the run's settings, then each step's time
-    python3 results_report.py --out results --record-run --mode real --scale full \\
-        --data-root hw1_data --runs-dir runs
-    python3 results_report.py --out results --record byol --status ran --seconds 12.3 \\
+    python3 results_report.py --output-dir results --record-run --mode real --scale full \\
+        --data-dir hw1_data --runs-dir runs
+    python3 results_report.py --output-dir results --record byol --status ran --seconds 12.3 \\
         --command "python3 p1_pretrain_byol.py ..."
 
-Inputs, relative to --out (OUT) and the run folder (RUNS, from reproduce.json or --runs-dir):
+Inputs, relative to --output-dir (OUT) and the run folder (RUNS, from reproduce.json or --runs-dir):
     OUT/p1_table.json                 p1_finetune.py's settings A-E
     OUT/p2_{A,B}_scores.json          p2_evaluate.py --json on the written validation masks
     RUNS/p2_{fcn32s,deeplabv3}/log.jsonl   the best epoch's val mIoU and per-class IoU
-    RUNS/sam_vs_b/sam_vs_model_b.md   p2_sam.py's SAM-vs-model-B table, included as it is
+    RUNS/sam_vs_b/sam_vs_model_b.md   p2_sam_vs_model_b.py's SAM-vs-model-B table, as it is
     OUT/timings.json                  {step: {status, seconds, command, note, finished}}
     figures: RUNS/byol/loss.png, OUT/p1_tsne_C.png, RUNS/p1_finetune/*/curves.png,
              RUNS/p2_*/{curves,snapshots}.png, RUNS/sam_vs_b/{sam_figure,sam_vs_model_b}.png
@@ -48,10 +48,10 @@ ROOT = Path(__file__).resolve().parent
 # (reproduce.sh calls it after every step); tests/test_reproduce.py checks that they agree
 SETTINGS = ("A", "B", "C", "D", "E")
 SEG_CLASSES = ("Urban", "Agriculture", "Rangeland", "Forest", "Water", "Barren")  # scored 0..5
-# The report in ../shared/seeds (HW1_SPEC.md, "Numbers to beat"), validation, percent.
+# The report's own validation numbers, percent (README, "Results").
 REPORT_ACC = {"A": 45.8, "B": 52.0, "C": 48.5, "D": 37.2, "E": 16.7}
 REPORT_MIOU = {"A": 73.4, "B": 75.9}
-# The best valid public result per cell (HW1_SPEC.md, "Numbers to beat"), validation, percent.
+# The best valid public result per cell, validation, percent (README, "Results").
 BEST_ACC = {"A": 52.7, "B": 59.5, "C": 59.9, "D": 37.2, "E": 43.8}
 BEST_MIOU = {"A": 73.4, "B": 76.2}
 MODELS = {  # model letter: (name, run folder under RUNS, training script)
@@ -68,14 +68,29 @@ STEPS = {
     "deeplabv3": "model B: DeepLabV3 training (p2_train_deeplabv3.py)",
     "eval_A": "model A: validation masks + mIoU (p2_inference.py, p2_evaluate.py)",
     "eval_B": "model B: validation masks + mIoU (p2_inference.py, p2_evaluate.py)",
-    "sam": "SAM automatic masks vs model B (p2_sam.py)",
+    "sam": "SAM automatic masks vs model B (p2_sam.py, p2_sam_vs_model_b.py)",
 }
 DEMO_WARNING = (
-    "**DEMO RUN.** {reason}. Every number below comes from a tiny run on procedural images "
-    "written by `make_demo_data.py` (scale `{scale}`), with random initialisation "
-    "(`--no-pretrained`; its `pretrain_model_SL.pt` is randomly initialised, so B/D start like "
-    "A) and a few CPU epochs. The numbers show that the chain runs end to end; they mean "
-    "nothing for the real task.")
+    "**DEMO RUN.** {reason}. Every number below comes from a small run on procedural images "
+    "written by `make_demo_data.py` (scale `{scale}`; {networks}), for a few CPU epochs. The "
+    "numbers show that each model learns and the chain runs end to end; they say nothing "
+    "about the real task, whose commands keep the report's networks.")
+
+
+def demo_networks(runs):
+    """What the demo's runs trained (their args.json), in words, for DEMO_WARNING."""
+    c = read_json(runs / "p1_finetune" / "C" / "args.json") or {}
+    b = read_json(runs / "p2_deeplabv3" / "args.json") or {}
+    data_dir = Path(c.get("data_dir", "")).resolve()  # .../demo_data/p1_data[/office]
+    marks = [read_json(d / "make_demo_data.json") for d in list(data_dir.parents)[:3]]
+    sl = next((m for m in marks if m), {}).get("settings", {})
+    parts = [f"P1 on a {c.get('arch', 'resnet50')} at {c.get('image_size', '?')} px",
+             f"its `pretrain_model_SL.pt` a {sl.get('sl_arch', 'resnet50')} "
+             + (f"trained with labels for {sl['sl_steps']} steps on the demo's mini images"
+                if sl.get("sl_steps") else "with random weights, so B/D start like A"),
+             f"model B a DeepLabV3-{b.get('arch', 'resnet50')}"
+             + (" from random weights" if b.get("pretrained") is False else "")]
+    return "; ".join(parts)
 
 
 def get_args_parser():
@@ -85,8 +100,9 @@ def get_args_parser():
                     "figure paths, timings, architecture summaries); or print only the "
                     "architecture tables (--arch-only); or record a step (--record, "
                     "--record-run; used by reproduce.sh).")
-    parser.add_argument("--out", type=Path, default=Path("results"),
-                        help="results folder of reproduce.sh (RESULTS.md is written there)")
+    cli.old_name(parser, "--out", parser.add_argument(
+        "--output-dir", type=Path, default=Path("results"),
+        help="results folder of reproduce.sh (RESULTS.md is written there)"))
     parser.add_argument("--runs-dir", type=Path, default=None,
                         help="run folder (default: the one in OUT/reproduce.json, else runs)")
     parser.add_argument("--input-size", type=int, default=512,
@@ -109,13 +125,18 @@ def get_args_parser():
     g.add_argument("--note", default="", help="why it was skipped, or a remark")
     g.add_argument("--record-run", action="store_true",
                    help="write OUT/reproduce.json (mode, scale, data, runs) and exit; refuses "
-                        "an OUT of another mode/scale unless --force-run 1")
+                        "an OUT of another mode/scale/recipe unless --overwrite")
     g.add_argument("--mode", choices=["real", "demo"], default="real", help="for --record-run")
     g.add_argument("--scale", default="full", help="for --record-run: full, smoke or demo")
     g.add_argument("--recipe", default="report", help="for --record-run: report or strong")
-    g.add_argument("--data-root", default="hw1_data", help="for --record-run")
+    cli.old_name(g, "--data-root", g.add_argument(
+        "--data-dir", default="hw1_data", help="for --record-run: the data the run reads"))
     g.add_argument("--reason", default="", help="for --record-run: why the demo runs")
-    g.add_argument("--force-run", type=int, default=0, help="for --record-run (reproduce --force)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="for --record-run: take OUT over from a run of another mode, scale or "
+                        "recipe (bash reproduce.sh --overwrite)")
+    g.add_argument("--force-run", type=int, dest="overwrite", default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # its old name took a value: --force-run 1
     return parser
 
 
@@ -161,18 +182,18 @@ def record_step(out, step, status, seconds, command="", note=""):
     return timings
 
 
-def record_run(out, mode, scale, data_root, runs_dir, reason="", force=False,
+def record_run(out, mode, scale, data_root, runs_dir, reason="", overwrite=False,
                recipe="report"):
     """OUT/reproduce.json; an OUT holding a run of another mode, scale or recipe is refused (its
-    checkpoints would be resumed with other flags) unless force."""
+    checkpoints would be resumed with other flags) unless overwrite."""
     path = Path(out) / "reproduce.json"
     old = read_json(path)
-    if old and not force and (old.get("mode"), old.get("scale"),
+    if old and not overwrite and (old.get("mode"), old.get("scale"),
                               old.get("recipe", "report")) != (mode, scale, recipe):
         raise SystemExit(f"error: {out} holds a {old.get('mode')} run at scale "
                          f"{old.get('scale')} (recipe {old.get('recipe', 'report')}), not "
-                         f"{mode}/{scale} (recipe {recipe}); pass --force to redo it there, or "
-                         "choose another --out")
+                         f"{mode}/{scale} (recipe {recipe}); pass --overwrite to redo it there, "
+                         "or choose another --output-dir")
     info = {"mode": mode, "scale": scale, "recipe": recipe, "data_root": str(data_root),
             "runs_dir": str(runs_dir),
             "reason": reason, "started": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -422,7 +443,8 @@ def learning_section(out, runs, info):
     lines = ["## Does each model learn?", "",
              "Best validation score against its first epoch and chance (P1: 1 / classes; P2: "
              "the mIoU of predicting the most frequent class everywhere).", "",
-             "| model | chance | first epoch | best epoch | learns |", "|---|---|---|---|---|"]
+             "| model | chance | first epoch | best epoch | last epoch | learns |",
+             "|---|---|---|---|---|---|"]
     root = Path(info.get("data_root", "hw1_data"))
     chance = p1_chance(root if root.is_absolute() else ROOT / root)
     rows = [(f"P1 setting {s}", runs / "p1_finetune" / s / "log.jsonl", "val_acc", chance, pct)
@@ -435,12 +457,12 @@ def learning_section(out, runs, info):
     for label, log_path, key, base, fmt in rows:
         log = [r for r in read_jsonl(log_path) if r.get(key) is not None]
         if not log:
-            lines.append(f"| {label} | {fmt(base)} | not run | not run | |")
+            lines.append(f"| {label} | {fmt(base)} | not run | not run | not run | |")
             continue
         first, best = log[0][key], max(r[key] for r in log)
         learns = best > first and (base is None or best > base)
         lines.append(f"| {label} | {fmt(base)} | {fmt(first)} | {fmt(best)} | "
-                     f"{'yes' if learns else '**no**'} |")
+                     f"{fmt(log[-1][key])} | {'yes' if learns else '**no**'} |")
     if info.get("mode") == "demo":
         lines += ["", "At the demo's scale FCN32s is not expected to learn: it predicts one score "
                   "per 32 x 32 block and up-samples it, so a 128-px demo image is 4 x 4 cells, "
@@ -451,8 +473,8 @@ def learning_section(out, runs, info):
 
 
 def sam_section(out, runs, timings):
-    """The table p2_sam.py wrote (sam_vs_model_b.md, with the definitions of its numbers),
-    included as it is, and links to the SAM figures."""
+    """The table p2_sam_vs_model_b.py wrote (sam_vs_model_b.md, with the definitions of its
+    numbers), included as it is, and links to the SAM figures."""
     lines = ["## SAM (segment-anything ViT-H) against model B", ""]
     sam_dir = runs / "sam_vs_b"
     entry = timings.get("sam", {})
@@ -465,7 +487,8 @@ def sam_section(out, runs, timings):
     if entry.get("status") == "skipped" and entry.get("note"):
         lines += [f"(This run skipped SAM: {entry['note']}; the table is from the earlier run "
                   "in the same folder.)", ""]
-    lines += [f"As p2_sam.py wrote it in {link(sam_dir / 'sam_vs_model_b.md', out)}:", "",
+    lines += [f"As p2_sam_vs_model_b.py wrote it in "
+              f"{link(sam_dir / 'sam_vs_model_b.md', out)}:", "",
               *table.strip().splitlines(), "",
               f"- SAM figure: {link(sam_dir / 'sam_figure.png', out)}",
               f"- SAM vs model B figure: {link(sam_dir / 'sam_vs_model_b.png', out)}"]
@@ -511,16 +534,19 @@ def machine_line():
 
 
 def micro_batch_lines(runs):
-    """One line per training run that split its steps into micro-batches (--micro-batch, or
-    auto after running out of GPU memory): BatchNorm then saw the micro-batches, not the
-    recipe's batch. Nothing when every step ran whole."""
+    """One line per training run whose log.jsonl shows micro-batches smaller than its batch
+    (args.json's; --micro-batch N, or auto on a GPU short of memory): BatchNorm then saw the
+    micro-batches, not the recipe's batch. Nothing when every step ran whole."""
     lines = []
     for log in sorted(Path(runs).glob("**/log.jsonl")):
-        sizes = sorted({r["micro_batch"] for r in read_jsonl(log) if r.get("micro_batch")})
+        batch = (read_json(log.parent / "args.json") or {}).get("batch_size")
+        sizes = sorted({r["micro_batch"] for r in read_jsonl(log) if r.get("micro_batch")
+                        and (batch is None or r["micro_batch"] < batch)})
         if sizes:
-            lines.append(f"- `{log.parent}`: micro-batches of "
-                         f"{', '.join(map(str, sizes))} image(s) (the gradients of each step "
-                         "accumulated over them; BatchNorm saw the micro-batches)")
+            lines.append(f"- `{log.parent}`: BatchNorm saw micro-batches of "
+                         f"{', '.join(map(str, sizes))} image(s), not the batch"
+                         + (f" of {batch}" if batch else "")
+                         + " (the gradients of each step accumulated over them)")
     return ["Micro-batches:", "", *lines, ""] if lines else []
 
 
@@ -563,7 +589,8 @@ def write_report(out, runs_dir=None, arch=True, input_size=512):
     if mode == "demo":
         reason = (info.get("reason") or "the demo was asked for").rstrip(".")
         lines += [DEMO_WARNING.format(reason=reason[:1].upper() + reason[1:],
-                                      scale=info.get("scale", "?")), ""]
+                                      scale=info.get("scale", "?"),
+                                      networks=demo_networks(runs)), ""]
     else:
         lines += ["To grade with these runs: `python3 tools/export_checkpoint.py p1 "
                   "RUNS/p1_finetune/C/best.pth` and `python3 tools/export_checkpoint.py p2 "
@@ -585,11 +612,12 @@ def write_report(out, runs_dir=None, arch=True, input_size=512):
 
 def main(args):
     if args.record:
-        record_step(args.out, args.record, args.status, args.seconds, args.command, args.note)
+        record_step(args.output_dir, args.record, args.status, args.seconds, args.command,
+                    args.note)
         return None
     if args.record_run:
-        return record_run(args.out, args.mode, args.scale, args.data_root,
-                          args.runs_dir or Path("runs"), args.reason, bool(args.force_run),
+        return record_run(args.output_dir, args.mode, args.scale, args.data_dir,
+                          args.runs_dir or Path("runs"), args.reason, bool(args.overwrite),
                           args.recipe)
     if args.arch_only:
         text = architecture_markdown(args.input_size)
@@ -600,10 +628,11 @@ def main(args):
             args.output.write_text(text)
             print(f"wrote {args.output}")
         return text
-    if not args.out.is_dir():
-        raise SystemExit(f"error: --out {args.out} is not a folder; run reproduce.sh first")
-    text = write_report(args.out, args.runs_dir, args.arch, args.input_size)
-    print(f"wrote {args.out / 'RESULTS.md'}")
+    if not args.output_dir.is_dir():
+        raise SystemExit(f"error: --output-dir {args.output_dir} is not a folder; run "
+                         "reproduce.sh first")
+    text = write_report(args.output_dir, args.runs_dir, args.arch, args.input_size)
+    print(f"wrote {args.output_dir / 'RESULTS.md'}")
     return text
 
 

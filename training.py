@@ -102,28 +102,79 @@ def print_run_header(args, device, batch_size=None, lr=None):
     print("args: " + json.dumps({k: _jsonable(v) for k, v in sorted(vars(args).items())}))
 
 
+class CudaMemory:
+    """The GPU memory figures MicroBatch measures with (a test passes a fake with these three)."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+    def start(self):
+        """Reset the peak counter; the bytes allocated now (weights, optimizer state)."""
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return torch.cuda.memory_allocated(self.device)
+
+    def peak(self):
+        return torch.cuda.max_memory_allocated(self.device)
+
+    def capacity(self):
+        """What this process can hold: free on the card + what PyTorch's allocator keeps."""
+        return torch.cuda.mem_get_info(self.device)[0] + torch.cuda.memory_reserved(self.device)
+
+
 class MicroBatch:
     """--micro-batch: how many images one forward pass takes. A whole number N splits each
-    optimizer step into micro-batches of at most N whose gradients accumulate (optimizer_step);
-    "auto" runs the whole batch at once and, on CUDA, halves the micro-batch when a step runs
-    out of memory, redoing that step, with one line that says so."""
+    optimizer step into micro-batches of at most N whose gradients accumulate (optimizer_step).
+    "auto" on CUDA measures the first step's first images (`probe_size`; their gradient counts)
+    and chooses the largest micro-batch that fits (`choose`): the whole batch if it fits, so
+    that BatchNorm sees the recipe's batch. A step that still runs out of memory is redone in
+    micro-batches of half the size, with one line that says so. "auto" on the CPU: whole batches.
+    `memory`: the figures to measure with (default: CudaMemory on CUDA)."""
 
-    def __init__(self, value="auto", device="cpu", smallest=1):
+    MARGIN = 0.9  # the share of the room a micro-batch is planned to fill (fragmentation, cuDNN)
+
+    def __init__(self, value="auto", device="cpu", smallest=1, memory=None):
         self.auto = value in (None, "auto")
         if not self.auto and (not str(value).isdigit() or int(value) < smallest):
             raise UserError(f"--micro-batch {value!r} must be auto or a whole number of at "
                             f"least {smallest}")
         self.size = None if self.auto else int(value)
         self.smallest = smallest
-        self.halve_on_oom = self.auto and torch.device(device).type == "cuda"
+        cuda = torch.device(device).type == "cuda"
+        self.halve_on_oom = self.auto and (cuda or memory is not None)
+        self.memory = (memory if memory is not None
+                       else CudaMemory(device) if self.halve_on_oom else None)
+        self.measuring = self.auto and self.memory is not None  # until the first step's probe
+
+    def probe_size(self, batch_size):
+        """The images the first step measures: an eighth of the batch, so that the fixed costs
+        in their peak (gradients, autocast's weight copies) weigh little per image; 2 or more
+        (BatchNorm in training needs 2 values a channel: DeepLabV3's pooled ASPP branch)."""
+        return max(2, self.smallest, batch_size // 8)
+
+    def choose(self, batch_size, rows, before, pending=0):
+        """After the forward and backward of the first `rows` images, from `before` = the bytes
+        allocated when they started: per image = (peak - before) / rows (the fixed costs count
+        as if per image: an overestimate); room = capacity - before - pending (`pending`: the
+        optimizer state its first step will allocate); the micro-batch =
+        floor(MARGIN * room / per image), or None (whole batches) if that holds the batch."""
+        per_image = max(1, self.memory.peak() - before) / rows
+        room = self.memory.capacity() - before - pending
+        fits = max(self.smallest, int(self.MARGIN * room / per_image))
+        self.measuring, self.size = False, (None if fits >= batch_size else fits)
+        print(f"micro-batch auto: {rows} images took {per_image * rows / 2**30:.2f} "
+              f"GiB above the {before / 2**30:.2f} GiB in use, {room / 2**30:.2f} GiB left: "
+              + ("whole batches" if self.size is None else f"micro-batches of {fits}")
+              + f" (batch {batch_size})", flush=True)
+        return self.size or batch_size
 
     def halved(self, batch_size):
         """After a CUDA out-of-memory error at this size: the next size, or a UserError."""
-        now = min(self.size or batch_size, batch_size)
+        now = min(self.probe_size(batch_size) if self.measuring else self.size or batch_size,
+                  batch_size)
         if not self.halve_on_oom or now // 2 < self.smallest:
             raise UserError(f"CUDA out of memory with micro-batches of {now} image(s); lower "
                             "--batch-size or --image-size, or free the GPU") from None
-        self.size = now // 2
+        self.size, self.measuring = now // 2, False
         print(f"CUDA out of memory at a micro-batch of {now}: redoing the step in micro-batches "
               f"of {self.size} (the gradients add up to the same step)", flush=True)
         return self.size
@@ -143,17 +194,26 @@ def optimizer_step(model, optimizer, batch_size, loss_of, micro=None, clip_grad=
     no_sync = getattr(model, "no_sync", None)  # DistributedDataParallel's
     while True:
         size = min(micro.size or batch_size, batch_size) if micro is not None else batch_size
+        rows = micro.probe_size(batch_size) if micro is not None and micro.measuring else 0
+        probe = 0 < rows < batch_size
         try:
             optimizer.zero_grad(set_to_none=True)
-            starts = list(range(0, batch_size, size))
-            total, others = 0.0, []
-            for i, start in enumerate(starts):
-                last = i == len(starts) - 1
-                with (no_sync() if no_sync is not None and not last else nullcontext()):
-                    loss, other = loss_of(start, min(start + size, batch_size))
+            start, total, others = 0, 0.0, []
+            if probe:  # the first step's first images, measured
+                size, before = rows, micro.memory.start()
+            while start < batch_size:
+                stop = min(start + size, batch_size)
+                with (no_sync() if no_sync is not None and stop < batch_size else nullcontext()):
+                    loss, other = loss_of(start, stop)
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                 total = total + loss.detach()
                 others.append(other)
+                if probe and start == 0:  # Adam's two moments: twice the parameters' bytes
+                    state = 0 if optimizer.state else 2 * sum(
+                        p.numel() * p.element_size() for g in optimizer.param_groups
+                        for p in g["params"] if p.requires_grad)
+                    size = micro.choose(batch_size, rows, before, state)
+                start = stop
             break
         except torch.cuda.OutOfMemoryError:
             if micro is None:
@@ -224,7 +284,9 @@ def add_hardware_args(group, compile_help="torch.compile the model"):
                        help="images per forward pass: each step's gradients accumulate over "
                        "micro-batches of at most N, so the batch, the lr and the loss's "
                        "normalisation stay the recipe's (BatchNorm sees the micro-batches); "
-                       "auto: the whole batch, halved on CUDA out of memory (one line says so)")
+                       "auto: on CUDA the largest that fits the free memory, measured on the "
+                       "first step's first images (whole batches if they fit), halved if a step "
+                       "still runs out of memory (one line says each); on the CPU whole batches")
     group.add_argument("--compile", default=False, action=cli.BooleanFlag,
                        help=compile_help)
     group.add_argument("--seed", default=0, type=int,

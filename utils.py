@@ -182,9 +182,13 @@ def load_checkpoint(path, kind=None, map_location="cpu", expect_keys=("model",))
     pass instead."""
     path = Path(path)
     if not path.is_file():
+        from hw1_download import fix_for_missing  # standard library only: stays quick
+
         state = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise UserError(f"checkpoint {path} {state}; run `bash hw1_download.sh` or train "
-                        "one first")
+        fix = fix_for_missing(path) or "check the path: " + (
+            f"it should be {CHECKPOINT_KINDS[kind][1]}" if kind else
+            "a training run writes its best.pth and last.pth into its --output-dir")
+        raise UserError(f"checkpoint {path} {state}; {fix}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
@@ -265,13 +269,15 @@ def load_resnet_weights(model, source, skip_fc=True, verbose=True):
     target = model.state_dict()
     shape_bad = [k for k, v in state.items() if k in target and target[k].shape != v.shape]
     if shape_bad:
-        raise UserError(f"{name}: {len(shape_bad)} tensor(s) have the wrong shape for a "
-                        f"ResNet50, e.g. {shape_bad[0]}; is it a ResNet50 state_dict?")
+        raise UserError(f"{name}: {len(shape_bad)} tensor(s) have the wrong shape for this "
+                        f"{type(model).__name__} ({getattr(model, 'arch', 'ResNet50')}), e.g. "
+                        f"{shape_bad[0]}; is it that network's state_dict (--arch)?")
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not (skip_fc and k.startswith("fc."))]
     loaded = len(state) - len(result.unexpected_keys)
     if loaded == 0:
-        raise UserError(f"{name} shares no weight with a ResNet50; wrong file?")
+        raise UserError(f"{name} shares no weight with this network "
+                        f"({getattr(model, 'arch', 'ResNet50')}); wrong file or --arch?")
     if verbose:
         print(f"loaded {loaded} tensors from {name}; missing {len(missing)}"
               + (f" (e.g. {missing[:3]})" if missing else "")

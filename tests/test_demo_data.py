@@ -4,6 +4,8 @@
 """
 
 import hashlib
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +27,7 @@ VAL_IDS = [0, 1, 13, 62, 104]  # range(2) plus the report's ids
 
 
 def _run(out, *extra):
-    args = mdd.get_args_parser().parse_args(["--out", str(out), *TINY, *extra])
+    args = mdd.get_args_parser().parse_args(["--output-dir", str(out), *TINY, *extra])
     return mdd.main(args)
 
 
@@ -43,8 +45,8 @@ def tree(tmp_path_factory):
 
 def test_tree_has_exactly_the_expected_files(tree):
     out, counts = tree
-    expected = {"p1_data/pretrain_model_SL.pt", "p1_data/office/train.csv",
-                "p1_data/office/val.csv"}
+    expected = {"make_demo_data.json", "p1_data/pretrain_model_SL.pt",
+                "p1_data/office/train.csv", "p1_data/office/val.csv"}
     expected |= {f"p1_data/mini/train/{i:05d}.jpg" for i in range(8)}
     expected |= {f"p1_data/office/train/{c}_{j}.jpg" for c in range(65) for j in range(4)}
     expected |= {f"p1_data/office/val/{c}_{j}.jpg" for c in range(65) for j in (4, 5)}
@@ -133,24 +135,41 @@ def test_same_seed_same_bytes_other_seed_differs(tree, tmp_path):
     assert changed == {k for k in first if not k.endswith(".csv")}
 
 
-def test_refuses_non_empty_out_unless_overwrite(tmp_path, capsys):
+def test_overwrite_replaces_only_a_tree_it_wrote(tmp_path, capsys):
     out = tmp_path / "busy"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    stale = out / "p2_data/train/9999_sat.jpg"
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"old")
-    small = ["--out", str(out), "--mini-classes", "1", "--mini-per-class", "1",
+    foreign = out / "p2_data/train/9999_sat.jpg"  # no make_demo_data.json: not ours
+    foreign.parent.mkdir(parents=True)
+    foreign.write_bytes(b"real")
+    small = ["--output-dir", str(out), "--mini-classes", "1", "--mini-per-class", "1",
              "--office-classes", "1", "--office-train-per-class", "1",
              "--office-val-per-class", "1", "--seg-train", "1", "--seg-val", "1",
              "--seg-size", "32"]
     with pytest.raises(SystemExit) as exc:
         mdd.main(mdd.get_args_parser().parse_args(small))
     assert str(exc.value).startswith("error:") and str(out) in str(exc.value)
-    mdd.main(mdd.get_args_parser().parse_args(small + ["--overwrite"]))
+    with pytest.raises(SystemExit) as exc:  # --overwrite refuses a tree it did not write
+        mdd.main(mdd.get_args_parser().parse_args(small + ["--overwrite"]))
+    assert str(exc.value) == (
+        f"error: {out} holds p2_data/ that make_demo_data.py did not write (no "
+        "make_demo_data.json beside them; the real data, perhaps), so --overwrite leaves them "
+        "alone: choose another --output-dir, or delete them yourself")
+    assert foreign.read_bytes() == b"real" and sorted(os.listdir(out)) == ["keep.txt", "p2_data"]
+
+    foreign.unlink()
+    foreign.parent.rmdir()
+    foreign.parent.parent.rmdir()
+    mdd.main(mdd.get_args_parser().parse_args(small + ["--overwrite"]))  # ours from here on
+    assert json.loads((out / "make_demo_data.json").read_text())["written_by"] == \
+        "make_demo_data.py"
+    stale = out / "p2_data/train/9999_sat.jpg"
+    stale.write_bytes(b"old")
+    mdd.main(mdd.get_args_parser().parse_args(small + ["--overwrite", "--seg-size", "40"]))
     assert (out / "keep.txt").read_text() == "x"  # only p1_data/ and p2_data/ are replaced
     assert not stale.exists()
-    assert (out / "p2_data/validation/0104_mask.png").is_file()
+    assert Image.open(out / "p2_data/validation/0104_mask.png").size == (40, 40)
+    assert json.loads((out / "make_demo_data.json").read_text())["settings"]["seg_size"] == 40
     assert "wrote" in capsys.readouterr().out
 
 

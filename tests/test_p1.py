@@ -102,7 +102,7 @@ def byol_run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("byol")
     common = ["--data-dir", data, "--output-dir", out, "--batch-size", 8, "--image-size", 32,
               "--device", "cpu",
-              "--projection-hidden-size", 256, "--knn-every", 2, "--knn-data", data / "office"]
+              "--projection-hidden-size", 256, "--knn-every", 2, "--knn-data-dir", data / "office"]
     p1_pretrain_byol.main(parse(p1_pretrain_byol, *common, "--epochs", 2))
     p1_pretrain_byol.main(parse(p1_pretrain_byol, *common, "--epochs", 3, "--resume"))
     yield out
@@ -128,6 +128,33 @@ def finetune_all(data, byol_run, sl_backbone, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------ BYOL
+def test_resnet18_backbone_goes_from_byol_to_a_loaded_classifier(data, sl_backbone, tmp_path):
+    """--arch resnet18 (the demo's): BYOL's backbone.pth is a resnet18 state_dict, setting C
+    fine-tunes from it, and the checkpoint rebuilds as a resnet18 classifier; a ResNet50 file
+    into a resnet18 is an error that names --arch."""
+    p1_pretrain_byol.main(parse(p1_pretrain_byol, "--data-dir", data, "--output-dir",
+                                tmp_path / "byol", "--epochs", 1, "--batch-size", 8,
+                                "--image-size", 32, "--projection-hidden-size", 64,
+                                "--arch", "resnet18", "--device", "cpu"))
+    backbone = torch.load(tmp_path / "byol" / "backbone.pth", map_location="cpu")
+    reference = torchvision.models.resnet18(weights=None).state_dict()
+    assert {k: v.shape for k, v in backbone.items()} == {k: v.shape for k, v in reference.items()}
+    common = ["--data-dir", data / "office", "--backbone", tmp_path / "byol" / "backbone.pth",
+              "--sl-backbone", sl_backbone, "--results-dir", tmp_path / "results",
+              "--batch-size", 8, "--image-size", 32, "--bank-size", 40, "--num-classes", 4,
+              "--max-images", 8, "--epochs", 1, "--device", "cpu", "--arch", "resnet18"]
+    p1_finetune.main(parse(p1_finetune, "--setting", "C", "--output-dir", tmp_path / "ft",
+                           *common))
+    model, args, _ = p1_common.load_classifier(tmp_path / "ft" / "C" / "best.pth", "cpu")
+    assert args["arch"] == "resnet18" and model.fc[0].in_features == 512
+    trained = torch.load(tmp_path / "ft" / "C" / "best.pth", map_location="cpu")["model"]
+    assert torch.equal(model.state_dict()["layer4.1.conv2.weight"],
+                       trained["layer4.1.conv2.weight"])
+    with pytest.raises(errors.UserError, match="--arch"):
+        p1_finetune.main(parse(p1_finetune, "--setting", "B", "--output-dir", tmp_path / "ft2",
+                               *common))  # B starts from sl_backbone, a ResNet50
+
+
 def test_holdout_images_pick_the_best_epoch(data, tmp_path):
     out = tmp_path / "byol"
     p1_pretrain_byol.main(parse(p1_pretrain_byol, "--data-dir", data, "--output-dir", out,
@@ -373,6 +400,28 @@ def test_tsne_writes_two_panels(finetune_all, data, tmp_path):
     assert "epoch 1" in panels[0].get_title() and "epoch 2" in panels[1].get_title()
     width, height = Image.open(out).size
     assert width > 1.5 * height
+
+
+def test_tsne_gives_each_class_its_colour_and_a_legend_up_to_20_classes(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.permutation(np.repeat([0, 2, 3, 5, 6, 7, 9, 11], 5))  # 8 classes, gaps
+    points = [rng.normal(size=(len(labels), 2)) for _ in range(2)]
+    fig = p1_tsne.plot_panels(points, labels, ["epoch 1", "epoch 12"], tmp_path / "a.png", 65)
+    for ax, xy in zip(fig.axes, points):
+        groups = ax.collections
+        assert [g.get_label() for g in groups] == [str(c) for c in np.unique(labels)]
+        for group, c in zip(groups, np.unique(labels)):  # each class's points, in one colour
+            np.testing.assert_allclose(group.get_offsets(), xy[labels == c])
+        colours = {tuple(np.round(g.get_facecolor()[0], 3)) for g in groups}
+        assert len(colours) == 8
+    legend = fig.axes[-1].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["0", "2", "3", "5", "6", "7", "9", "11"]
+    assert len(fig.axes) == 2  # no colour bar
+
+    many = np.arange(30).repeat(2)
+    fig = p1_tsne.plot_panels([rng.normal(size=(60, 2))], many, ["x"], tmp_path / "b.png", 65)
+    assert fig.axes[0].get_legend() is None and len(fig.axes) == 2  # the panel and a colour bar
+    np.testing.assert_array_equal(fig.axes[0].collections[0].get_array(), many)
 
 
 # ------------------------------------------------------------------------------ inference

@@ -271,6 +271,18 @@ def run(tiny_data, tmp_path_factory):
     return out, sorted(p.name for p in out.iterdir()), read_jsonl(out / "log.jsonl")
 
 
+def test_a_micro_batch_of_one_is_refused_where_batchnorm_needs_two(tiny_data, tmp_path):
+    """DeepLabV3's BatchNorm (its pooled ASPP branch sees one value per image) cannot train on
+    one image: --micro-batch 1 is a one-line error before any step; FCN32s (no BatchNorm)
+    takes it."""
+    with pytest.raises(UserError, match="--micro-batch '1' must be auto or a whole number of "
+                                        "at least 2"):
+        p2_train_deeplabv3.main(deeplab_args("--data-dir", str(tiny_data), "--output-dir",
+                                             str(tmp_path / "dl"), "--epochs", "1",
+                                             "--micro-batch", "1", *SMALL))
+    assert not (tmp_path / "dl" / "log.jsonl").exists()
+
+
 def test_two_epoch_run_writes_everything(run):
     out, names, log = run
     for name in ("best.pth", "epoch_001.pth", "epoch_002.pth", "last.pth", "snapshots.png",
@@ -425,16 +437,16 @@ def test_hw1_2_sh_is_one_python3_line_and_writes_masks(run, samples_dir, tmp_pat
 def test_max_images_limits_both_splits_unless_one_is_given(monkeypatch, tmp_path):
     asked = []
 
-    def load_split(folder, max_n=None, cache_dir=None, workers=None):
-        asked.append((folder.name, max_n))
+    def load_split(folder, max_n=None, cache_dir=None, workers=None, seed=0):
+        asked.append((folder.name, max_n, seed))
         if len(asked) == 2:
             raise RuntimeError("stop after the data")
         return None, None, None
 
     monkeypatch.setattr(p2_engine, "load_split", load_split)
-    for extra, want in ((["--max-images", "3"], [("train", 3), ("validation", 3)]),
-                        (["--max-images", "3", "--max-val", "1"], [("train", 3),
-                                                                    ("validation", 1)])):
+    for extra, want in ((["--max-images", "3"], [("train", 3, 0), ("validation", 3, 0)]),
+                        (["--max-images", "3", "--max-val", "1", "--seed", "5"],
+                         [("train", 3, 5), ("validation", 1, 5)])):
         asked.clear()
         args = deeplab_args("--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "run"),
                             "--overwrite", "--device", "cpu", *extra)

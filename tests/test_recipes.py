@@ -6,8 +6,11 @@ optimizer, learning rate, weight decay and which parameters get it, batch, epoch
 loss and class weights, augmentation, what is frozen and whether BatchNorm statistics move.
 """
 
+import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -346,16 +349,60 @@ def test_help_texts_say_what_the_code_does():
         p2_train_fcn32s, "--fc-init")
 
 
+FETCH = "bash hw1_download.sh data fetches it into hw1_data/"
+
+
+def reproduce_sh(*argv, repo=REPO, timeout=60):
+    return subprocess.run(["bash", str(repo / "reproduce.sh"), *map(str, argv)], cwd=repo,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHON": sys.executable})
+
+
 def test_a_named_data_dir_that_is_not_there_stops_reproduce_at_once(tmp_path):
-    """A typo in --data-dir is an error, not the 16-minute demo; the demo runs when no folder
-    is named and hw1_data/ is missing (test_reproduce.py). --data is the old name."""
+    """A typo in --data-dir is an error, not the 16-minute demo: one line on stderr, nothing on
+    stdout, before any Python starts. --data is the old name."""
     for flag in ("--data-dir", "--data"):
-        proc = subprocess.run(["bash", "reproduce.sh", flag, str(tmp_path / "typo")], cwd=REPO,
-                              capture_output=True, text=True, timeout=60)
+        t0 = time.time()
+        proc = reproduce_sh(flag, tmp_path / "typo")
+        assert time.time() - t0 < 5
         assert proc.returncode == 2 and proc.stdout == ""
         assert proc.stderr.splitlines() == [
-            f"error: --data-dir {tmp_path / 'typo'} has no p1_data/mini/train; pass the hw1_data "
-            "folder (bash hw1_download.sh data fetches it), or --demo"]
+            f"error: --data-dir {tmp_path / 'typo'} does not exist; pass the folder that holds "
+            f"p1_data/ and p2_data/ ({FETCH}), or --demo for the procedural demo"]
+    (tmp_path / "half" / "p1_data" / "mini" / "train").mkdir(parents=True)
+    proc = reproduce_sh("--data-dir", tmp_path / "half")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"error: --data-dir {tmp_path / 'half'} has no p1_data/office; pass the folder that "
+        f"holds p1_data/ and p2_data/ ({FETCH}), or --demo for the procedural demo"]
+    proc = reproduce_sh("--demo", "--data-dir", tmp_path / "half")
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+    assert "--data-dir and --demo (or --scale) exclude each other" in proc.stderr
+
+
+def test_the_demo_runs_only_without_data_dir_and_hw1_data_and_says_so(tmp_path):
+    """No --data-dir and no hw1_data/ beside reproduce.sh (a copy here, whatever this checkout
+    holds): the demo, announced on the first line. An hw1_data/ that is there but incomplete
+    is an error, not the demo."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("reproduce.sh", "recipes.py"):
+        shutil.copy(REPO / name, repo / name)
+    proc = reproduce_sh("--dry-run", repo=repo)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == (f"== DEMO: no --data-dir was given and hw1_data/ is not there ({FETCH}; "
+                        "--data-dir DIR names another folder).")
+    data = [ln for ln in lines if ln.startswith("+ ") and "make_demo_data.py" in ln]
+    assert len(data) == 1
+    assert "make_demo_data.py --output-dir results/demo-demo/demo_data --overwrite " in data[0]
+    (repo / "hw1_data" / "p1_data" / "mini" / "train").mkdir(parents=True)
+    proc = reproduce_sh("--dry-run", repo=repo)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "error: hw1_data has no p1_data/office (a download that did not finish?); bash "
+        "hw1_download.sh data completes it, --data-dir DIR names another folder, --demo runs "
+        "the procedural demo"]
 
 
 def test_recipes_py_has_a_help_and_refuses_what_it_does_not_know():

@@ -320,7 +320,8 @@ def test_off_palette_masks_decode_as_the_scorer_with_one_warning(tmp_path, capsy
 
 # ================================================================================ checkpoints
 def test_missing_truncated_or_foreign_checkpoints_are_one_line(ckpts, tmp_path):
-    for name, fragment in (("nope.pth", "does not exist; run `bash hw1_download.sh`"),
+    for name, fragment in (("nope.pth", "does not exist; check the path: a training run "
+                                        "writes its best.pth and last.pth into its --output-dir"),
                            ("truncated.pth", "cannot be read"),
                            ("text.pth", "cannot be read")):
         with pytest.raises(UserError) as e:
@@ -350,6 +351,37 @@ def test_missing_truncated_or_foreign_checkpoints_are_one_line(ckpts, tmp_path):
     with pytest.raises(UserError) as e:
         p2_sam.load_sam_state_dict(ckpts / "p2.pth", "vit_h")
     one_line(e, ckpts / "p2.pth", "is not a SAM checkpoint", "hw1_download.sh sam")
+
+
+def test_a_missing_grading_checkpoint_names_the_fix_that_works(monkeypatch, tmp_path):
+    """checkpoints/p2_B.pth (p1_C.pth) missing: with no URL published, the download cannot
+    fetch it, so the message says how to train and export it; once one is published, the
+    download. Any other missing path: check it."""
+    import hw1_download
+
+    for item, load, train, export in (
+            ("p2", p2_common.load_segmenter,
+             "train model B (python3 p2_train_deeplabv3.py --data-dir hw1_data/p2_data)",
+             "python3 tools/export_checkpoint.py p2 runs/p2_deeplabv3/best.pth"),
+            ("p1", p1_common.load_classifier,
+             "python3 p1_finetune.py --setting C --data-dir hw1_data/p1_data/office --backbone "
+             "runs/byol/backbone.pth",
+             "python3 tools/export_checkpoint.py p1 runs/p1_finetune/C/best.pth")):
+        dest = tmp_path / f"{item}.pth"  # stands for checkpoints/p2_B.pth: never there
+        monkeypatch.setitem(hw1_download.ITEMS, item, {**hw1_download.ITEMS[item], "dest": dest,
+                                                       "url": ""})
+        with pytest.raises(UserError) as e:
+            load(dest, "cpu")
+        message = one_line(e, dest, "does not exist", train, export)
+        assert "hw1_download.sh" not in message  # it cannot fetch what is not published
+        monkeypatch.setitem(hw1_download.ITEMS[item], "url", "https://example.com/b.pth")
+        with pytest.raises(UserError) as e:
+            load(dest, "cpu")
+        one_line(e, f"checkpoint {dest} does not exist; `bash hw1_download.sh {item}` fetches it")
+    with pytest.raises(UserError) as e:
+        p2_common.load_segmenter(tmp_path / "typo.pth", "cpu")
+    one_line(e, f"checkpoint {tmp_path / 'typo.pth'} does not exist; check the path: it should "
+                "be a best.pth of p2_train_fcn32s.py or p2_train_deeplabv3.py")
 
 
 # ================================================================================ outputs

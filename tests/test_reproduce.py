@@ -94,7 +94,8 @@ def test_report_lines_from_handmade_json(handmade):
             "its epochs) | 12.3 | `python3 p1_pretrain_byol.py --epochs 2` |") in lines
     assert ("| fcn32s | model A: FCN32s training (p2_train_fcn32s.py) | ran | 100.0 | "
             "`python3 a.py \\| tee x` |") in lines
-    assert "| sam | SAM automatic masks vs model B (p2_sam.py) | skipped (SAM checkpoint " \
+    assert "| sam | SAM automatic masks vs model B (p2_sam.py, p2_sam_vs_model_b.py) | " \
+           "skipped (SAM checkpoint " \
            "ckpt.pth not found) | n/a |  |" in lines
     assert "Total of the steps: 112 s (1.9 min)." in lines
     assert "BYOL: 2 epoch(s), lowest loss 2.0000 at epoch 2 (backbone.pth is taken there)." in lines
@@ -106,7 +107,7 @@ def test_report_lines_from_handmade_json(handmade):
 
 
 def test_report_sam_table(handmade):
-    """RESULTS.md includes the table p2_sam.py wrote (sam_vs_model_b.md) as it is."""
+    """RESULTS.md includes the table p2_sam_vs_model_b.py wrote (sam_vs_model_b.md) as it is."""
     out, runs = handmade
     table = ("| prediction | mIoU | Urban |\n|---|---|---|\n| model B | 0.5000 | 0.5000 |\n\n"
              "3 image(s), 42 SAM masks; mask class purity against ground truth 0.9000.\n\n"
@@ -129,7 +130,8 @@ def test_learning_table_compares_best_with_first_epoch_and_chance(tmp_path):
     (data / "p1_data" / "office").mkdir(parents=True)
     (data / "p1_data" / "office" / "val.csv").write_text(
         "id,filename,label\n0,0_0.jpg,0\n1,1_1.jpg,1\n2,2_2.jpg,2\n3,3_3.jpg,3\n")
-    for s, accs in zip("ABCDE", ([0.25, 0.5], [0.5, 0.25], [0.1, 0.2], [0.3], [0.25, 0.75])):
+    for s, accs in zip("ABCDE", ([0.25, 0.5, 0.375], [0.5, 0.25], [0.1, 0.2], [0.3],
+                                 [0.25, 0.75])):
         write_jsonl(runs / "p1_finetune" / s / "log.jsonl",
                     [{"epoch": e, "val_acc": a} for e, a in enumerate(accs, 1)])
     write_jsonl(runs / "p2_fcn32s" / "log.jsonl", [{"epoch": 1, "val_miou": 0.2},
@@ -140,14 +142,31 @@ def test_learning_table_compares_best_with_first_epoch_and_chance(tmp_path):
     write(out / "p2_A_scores.json", {"confusion": confusion})
     lines = results_report.learning_section(out, runs, {"data_root": str(data)})
     rows = {ln.split(" | ")[0][2:]: ln for ln in lines if ln.startswith("| P")}
-    assert rows["P1 setting A"] == "| P1 setting A | 25.0 | 25.0 | 50.0 | yes |"
-    assert rows["P1 setting B"] == "| P1 setting B | 25.0 | 50.0 | 50.0 | **no** |"  # fell
-    assert rows["P1 setting C"] == "| P1 setting C | 25.0 | 10.0 | 20.0 | **no** |"  # < chance
-    assert rows["P1 setting D"] == "| P1 setting D | 25.0 | 30.0 | 30.0 | **no** |"  # one epoch
-    assert rows["P1 setting E"].endswith("| 75.0 | yes |")
+    # chance, first, best, last epoch
+    assert rows["P1 setting A"] == "| P1 setting A | 25.0 | 25.0 | 50.0 | 37.5 | yes |"
+    assert rows["P1 setting B"] == "| P1 setting B | 25.0 | 50.0 | 50.0 | 25.0 | **no** |"  # fell
+    assert rows["P1 setting C"] == "| P1 setting C | 25.0 | 10.0 | 20.0 | 20.0 | **no** |"
+    assert rows["P1 setting D"] == "| P1 setting D | 25.0 | 30.0 | 30.0 | 30.0 | **no** |"
+    assert rows["P1 setting E"].endswith("| 75.0 | 75.0 | yes |")
     assert rows["P2 model A: VGG16-FCN32s"] == (
-        "| P2 model A: VGG16-FCN32s | 0.3000 | 0.2000 | 0.2500 | **no** |")  # below chance
-    assert rows["P2 model B: DeepLabV3-ResNet50"].endswith("| 0.3000 | 0.2000 | 0.4000 | yes |")
+        "| P2 model A: VGG16-FCN32s | 0.3000 | 0.2000 | 0.2500 | 0.2500 | **no** |")  # < chance
+    assert rows["P2 model B: DeepLabV3-ResNet50"].endswith(
+        "| 0.3000 | 0.2000 | 0.4000 | 0.4000 | yes |")
+
+
+def test_demo_warning_names_the_networks_the_runs_trained(tmp_path):
+    runs, demo = tmp_path / "runs", tmp_path / "demo_data"
+    write(runs / "p1_finetune" / "C" / "args.json",
+          {"arch": "resnet18", "image_size": 32, "data_dir": str(demo / "p1_data" / "office")})
+    write(runs / "p2_deeplabv3" / "args.json", {"arch": "mobilenet_v3_large", "pretrained": False})
+    write(demo / "make_demo_data.json", {"settings": {"sl_arch": "resnet18", "sl_steps": 150}})
+    assert results_report.demo_networks(runs) == (
+        "P1 on a resnet18 at 32 px; its `pretrain_model_SL.pt` a resnet18 trained with labels "
+        "for 150 steps on the demo's mini images; model B a DeepLabV3-mobilenet_v3_large from "
+        "random weights")
+    (demo / "make_demo_data.json").unlink()  # no record: nothing is claimed of it
+    assert "a resnet50 with random weights, so B/D start like A" in \
+        results_report.demo_networks(runs)
 
 
 def test_seg_classes_are_the_scored_classes_of_the_codec():
@@ -159,7 +178,7 @@ def test_record_run_refuses_another_scale(tmp_path):
     record_run(tmp_path, "demo", "smoke", "d", "r")
     with pytest.raises(SystemExit, match="holds a demo run at scale smoke"):
         record_run(tmp_path, "demo", "demo", "d", "r")
-    assert record_run(tmp_path, "demo", "demo", "d", "r", force=True)["scale"] == "demo"
+    assert record_run(tmp_path, "demo", "demo", "d", "r", overwrite=True)["scale"] == "demo"
 
 
 def architecture_totals(text):
@@ -216,7 +235,7 @@ def reproduce(repo_root, out, timeout):
     t0 = time.time()
     # a SAM checkpoint that cannot exist, whatever checkpoints/ of this machine holds
     proc = subprocess.run(["bash", str(repo_root / "reproduce.sh"), "--demo", "--scale", "smoke",
-                           "--out", str(out), "--sam-checkpoint", str(out / "no_sam.pth")],
+                           "--output-dir", str(out), "--sam-checkpoint", str(out / "no_sam.pth")],
                           env=env, cwd=repo_root, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout, time.time() - t0
@@ -306,15 +325,23 @@ def test_reproduce_smoke_chain_then_skip(repo_root, smoke_out, param_counts):
 
 
 def test_results_say_which_runs_used_micro_batches(tmp_path):
-    from records import append_jsonl
-    for run, sizes in (("byol", [None, None]), ("p2_deeplabv3", [None, 8, 4]),
-                       ("p1_finetune/C", [])):
+    """Only a micro-batch smaller than the run's batch (args.json) split its steps: an explicit
+    --micro-batch 30 or 64 at batch 30 did not."""
+    from records import append_jsonl, write_json
+    for run, batch, sizes in (("byol", 256, [None, None]), ("p2_deeplabv3", 30, [None, 8, 4]),
+                              ("p1_finetune/C", 64, []), ("p2_fcn32s", 30, [30, 64]),
+                              ("p1_finetune/D", None, [16])):
         (tmp_path / run).mkdir(parents=True)
+        if batch is not None:
+            write_json(tmp_path / run / "args.json", {"batch_size": batch})
         for epoch, size in enumerate(sizes, 1):
             append_jsonl(tmp_path / run / "log.jsonl", {"epoch": epoch, "micro_batch": size})
     lines = results_report.micro_batch_lines(tmp_path)
     assert lines == ["Micro-batches:", "",
-                     f"- `{tmp_path / 'p2_deeplabv3'}`: micro-batches of 4, 8 image(s) (the "
-                     "gradients of each step accumulated over them; BatchNorm saw the "
-                     "micro-batches)", ""]
+                     f"- `{tmp_path / 'p1_finetune/D'}`: BatchNorm saw micro-batches of 16 "
+                     "image(s), not the batch (the gradients of each step accumulated over "
+                     "them)",
+                     f"- `{tmp_path / 'p2_deeplabv3'}`: BatchNorm saw micro-batches of 4, 8 "
+                     "image(s), not the batch of 30 (the gradients of each step accumulated "
+                     "over them)", ""]
     assert results_report.micro_batch_lines(tmp_path / "byol") == []

@@ -1,7 +1,8 @@
-"""p2_sam.py: overlay order, purity and relabelling against hand-computed values, the whole
-SAM-vs-model-B summary of a run against numbers worked out by hand, checkpoint errors, bf16
-autocast of SAM's networks, and end-to-end runs of SamAutomaticMaskGenerator with a tiny randomly
-initialised SAM on the real satellite samples (CPU, no checkpoint needed)."""
+"""p2_sam.py and p2_sam_vs_model_b.py: overlay order, purity and relabelling against
+hand-computed values, the whole SAM-vs-model-B summary of a masks run against numbers worked out
+by hand, checkpoint errors, bf16 autocast of SAM's networks, and end-to-end runs of
+SamAutomaticMaskGenerator with a tiny randomly initialised SAM on the real satellite samples
+(CPU, no checkpoint needed)."""
 
 import json
 import subprocess
@@ -20,7 +21,9 @@ import data
 import errors
 import metrics
 import p2_sam
+import p2_sam_vs_model_b
 import results_report
+import sam_masks
 from records import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +37,10 @@ LOOSE = ["--points-per-side", "3", "--pred-iou-thresh", "0", "--stability-score-
 
 def parse(*argv):
     return p2_sam.get_args_parser().parse_args(["--checkpoint", "unused.pth", *map(str, argv)])
+
+
+def parse_vs(*argv):
+    return p2_sam_vs_model_b.get_args_parser().parse_args(list(map(str, argv)))
 
 
 def small_sample(sample_id, size):
@@ -55,8 +62,11 @@ def test_defaults_are_the_reports_settings_and_help_lists_every_knob():
     for flag in ("--points-per-side", "--points-per-batch", "--pred-iou-thresh",
                  "--stability-score-thresh", "--stability-score-offset", "--box-nms-thresh",
                  "--crop-n-layers", "--crop-nms-thresh", "--crop-overlap-ratio",
-                 "--crop-n-points-downscale-factor", "--min-mask-region-area", "--gt-dir",
-                 "--pred-dir", "--save-masks", "--json", "--figure", "--ids", "--seed"):
+                 "--crop-n-points-downscale-factor", "--min-mask-region-area", "--save-masks",
+                 "--json", "--figure", "--ids", "--seed"):
+        assert flag in text
+    text = p2_sam_vs_model_b.get_args_parser().format_help()
+    for flag in ("--sam-dir", "--labels", "--pred", "--output-dir", "--figure-ids"):
         assert flag in text
     assert p2_sam.amg_kwargs(args, torch.device("cpu"))["points_per_batch"] == 64
     assert p2_sam.amg_kwargs(args, torch.device("cuda"))["points_per_batch"] == 256
@@ -93,7 +103,7 @@ def test_overlay_draws_largest_first_so_a_small_mask_inside_stays_visible():
     np.testing.assert_array_equal(overlay[2, 2], blend(colours[1]))   # small's own colour
     np.testing.assert_array_equal(overlay[1, 1], blend(colours[0]))   # large only
     np.testing.assert_array_equal(overlay[0], image[0])               # under no mask: unchanged
-    assert p2_sam.paint_order([small, large]) == [1, 0]
+    assert sam_masks.paint_order([small, large]) == [1, 0]
     # same seed, same picture; no masks, the image itself
     np.testing.assert_array_equal(overlay, p2_sam.draw_overlay(image, [large, small], alpha, 3))
     np.testing.assert_array_equal(p2_sam.draw_overlay(image, []), image)
@@ -116,13 +126,14 @@ def test_purity_hand_computed():
     top = _mask(slice(0, 2), slice(0, 4))      # GT 0 x6, 1 x2 -> 6 of 8
     bottom_left = _mask(slice(2, 4), slice(0, 2))  # GT 2 x4 -> 4 of 4
     right = _mask(slice(1, 4), slice(2, 4))    # GT 1 x4, 6 x2 -> 4 of 6 (overlaps `top`)
-    assert p2_sam.mask_purity([top], GT) == pytest.approx(6 / 8)
-    assert p2_sam.mask_purity([top, bottom_left, right], GT) == pytest.approx((6 + 4 + 4) / 18)
-    assert p2_sam.mask_purity([top, bottom_left, right], GT, return_counts=True) == (14, 18)
+    purity = p2_sam_vs_model_b.mask_purity
+    assert purity([top], GT) == pytest.approx(6 / 8)
+    assert purity([top, bottom_left, right], GT) == pytest.approx((6 + 4 + 4) / 18)
+    assert purity([top, bottom_left, right], GT, return_counts=True) == (14, 18)
     unknown = _mask(3, slice(2, 4))            # lies on Unknown only: pure
-    assert p2_sam.mask_purity([unknown], GT) == 1.0
-    assert np.isnan(p2_sam.mask_purity([], GT))
-    assert np.isnan(p2_sam.mask_purity([np.zeros((4, 4), bool)], GT))
+    assert purity([unknown], GT) == 1.0
+    assert np.isnan(purity([], GT))
+    assert np.isnan(purity([np.zeros((4, 4), bool)], GT))
 
 
 def test_relabelling_and_its_miou_hand_computed():
@@ -134,7 +145,8 @@ def test_relabelling_and_its_miou_hand_computed():
     inner = _mask(1, slice(2, 4))             # pred 3 x2 -> 3, painted over `big`
     left = _mask(slice(2, 4), slice(0, 2))    # pred 2 x3, 1 x1 -> 2
     tie = _mask(2, slice(1, 3))               # pred 1 x2 -> 1 (painted last: smallest, 2 px)
-    out = p2_sam.relabel_with_masks([inner, tie, big, left], pred)
+    relabel = p2_sam_vs_model_b.relabel_with_masks
+    out = relabel([inner, tie, big, left], pred)
     expected = np.array([[0, 0, 0, 0],
                          [0, 0, 3, 3],
                          [2, 1, 1, 1],
@@ -143,8 +155,7 @@ def test_relabelling_and_its_miou_hand_computed():
     np.testing.assert_array_equal(pred[3], out[3])  # pixels under no mask keep model B's class
     # a tie takes the lower class index
     tie_pred = np.array([[4, 5], [5, 4]], np.uint8)
-    np.testing.assert_array_equal(p2_sam.relabel_with_masks([np.ones((2, 2), bool)], tie_pred),
-                                  np.full((2, 2), 4))
+    np.testing.assert_array_equal(relabel([np.ones((2, 2), bool)], tie_pred), np.full((2, 2), 4))
     # the mIoU of the relabelled map, by hand against GT:
     # 0: TP 6, FP 0, FN 0 -> 1; 1: TP 2, FP 1 (2,1), FN 2 (1,2),(1,3) -> 2/5;
     # 2: TP 3, FP 0, FN 1 (2,1) -> 3/4; 3: TP 0, FP 2 -> 0; 4, 5 absent -> left out.
@@ -301,9 +312,10 @@ def test_sam_against_model_b_with_a_tiny_sam_writes_the_table_and_figures(tmp_pa
         pred[: 8 + 4 * k] = (pred[: 8 + 4 * k] + 1) % 6  # model B errs on a top band
         data.write_mask(pred_dir / f"{i}_mask.png", pred)
     ids = ["0107", "0008", "0097"]
-    args = parse("--input", val, "--ids", *ids, "--output-dir", out, "--gt-dir", val,
-                 "--pred-dir", pred_dir, "--save-masks", "--device", "cpu", *LOOSE)
+    args = parse("--input", val, "--ids", *ids, "--output-dir", out, "--save-masks", "--device",
+                 "cpu", *LOOSE)
     p2_sam.main(args, model=tiny_sam())
+    p2_sam_vs_model_b.main(parse_vs("--sam-dir", out, "--labels", val, "--pred", pred_dir))
     summary = json.loads((out / "sam_vs_model_b.json").read_text())
     assert summary["images"] == 3 and [r["id"] for r in summary["per_image"]] == ids
     assert not (out / "0128_sam.png").exists()  # not among --ids
@@ -318,9 +330,21 @@ def test_sam_against_model_b_with_a_tiny_sam_writes_the_table_and_figures(tmp_pa
         assert r["masks"] == len(list((out / "masks" / r["id"]).glob("*.png")))
         assert r["pixels"] == 48 * 48 and 0 <= r["covered_pixels"] <= r["pixels"]
     assert summary["masks"] == sum(r["masks"] for r in summary["per_image"])
-    assert (out / "sam_vs_model_b.md").read_text() == p2_sam.comparison_markdown(summary)
+    assert (out / "sam_vs_model_b.md").read_text() == p2_sam_vs_model_b.comparison_markdown(summary)
     with Image.open(out / "sam_vs_model_b.png") as im:  # 3 rows x 5 columns of 48 px
         assert im.width > 5 * 48 and im.height > 3 * 48
+        figure = np.asarray(im)
+    # the cells of the second row (0008), unscaled at 48 px; tile_figure's layout at this size:
+    # 8 px padding around cells, a 16 px caption above each
+    cell = lambda row, col: figure[8 + row * 72 + 16:][:48, 8 + col * 56:][:, :48]
+    gt, pred = data.read_mask(val / "0008_mask.png"), data.read_mask(pred_dir / "0008_mask.png")
+    np.testing.assert_array_equal(cell(1, 0), sam_masks.read_image(val / "0008_sat.jpg"))
+    np.testing.assert_array_equal(cell(1, 1), data.classes_to_rgb(gt))
+    np.testing.assert_array_equal(cell(1, 2), data.classes_to_rgb(pred))
+    np.testing.assert_array_equal(cell(1, 3), np.asarray(Image.open(out / "0008_sam.png")))
+    masks = sam_masks.read_masks_from_folder(out / "masks" / "0008")
+    np.testing.assert_array_equal(
+        cell(1, 4), data.classes_to_rgb(p2_sam_vs_model_b.relabel_with_masks(masks, pred)))
 
 
 # Two hand-made images and SAM masks, with every number of the summary worked out by hand.
@@ -350,10 +374,18 @@ def hand_made_masks():
     return {(4, 4): [m2, m1, m3], (2, 4): [n2, n1]}
 
 
+def mask_record(m):
+    """A record as SamAutomaticMaskGenerator gives it, for the mask `m`."""
+    h, w = m.shape
+    return {"segmentation": m, "area": int(m.sum()), "bbox": [0, 0, w, h],
+            "point_coords": [[0.0, 0.0]], "predicted_iou": 1.0, "stability_score": 1.0,
+            "crop_box": [0, 0, w, h]}
+
+
 def test_sam_against_model_b_summary_equals_hand_computed_numbers(tmp_path, monkeypatch):
     masks = hand_made_masks()
     monkeypatch.setattr(p2_sam.SamAutomaticMaskGenerator, "generate", lambda self, image: [
-        {"segmentation": m, "area": int(m.sum())} for m in masks[image.shape[:2]]])
+        mask_record(m) for m in masks[image.shape[:2]]])
     val, pred_dir, runs = tmp_path / "val", tmp_path / "model_b", tmp_path / "runs"
     val.mkdir()
     pred_dir.mkdir()
@@ -363,8 +395,8 @@ def test_sam_against_model_b_summary_equals_hand_computed_numbers(tmp_path, monk
         data.write_mask(pred_dir / f"{i}_mask.png", pred)
     out = runs / "sam_vs_b"
     p2_sam.main(parse("--input", val / "0001_sat.png", val / "0002_sat.png", "--output-dir", out,
-                      "--gt-dir", val, "--pred-dir", pred_dir, "--device", "cpu"),
-                model=tiny_sam())
+                      "--save-masks", "--figure-ids", "0002", "--device", "cpu"), model=tiny_sam())
+    p2_sam_vs_model_b.main(parse_vs("--sam-dir", out, "--labels", val, "--pred", pred_dir))
     s = json.loads((out / "sam_vs_model_b.json").read_text())
     # Purity, max_c |m & GT_c| / |m|. 0001: m1 GT 0,0,0,0,2,2 -> 4/6; m2 GT 1 x4 -> 4/4;
     # m3 GT 2 x6, Unknown x2 -> 6/8; sum 14/18. 0002: n1 GT 0, Unknown x2, 1 x4 -> 4/7; n2 GT
@@ -393,9 +425,12 @@ def test_sam_against_model_b_summary_equals_hand_computed_numbers(tmp_path, monk
     # mIoU (0.444444 + 0.9 + 0.5) / 3 = 0.614815; accuracy (4 + 9 + 4) / 24 = 17/24
     assert s["sam_relabelled"] == {"miou": 0.614815, "pixel_accuracy": 0.708333, "iou": {
         "Urban": 0.444444, "Agriculture": 0.9, "Rangeland": 0.5, **absent}}
+    # the masks run that was scored: its log and its generator's settings, quoted as they are
     log = read_jsonl(out / "sam_log.jsonl")
-    assert [(r["id"], r["purity"], r["changed_pixels"]) for r in log] == [
-        ("0001", 0.777778, 5), ("0002", 0.666667, 1)]
+    assert [(r["id"], r["masks"]) for r in log] == [("0001", 3), ("0002", 2)]
+    assert s["settings"] == json.loads((out / "sam_settings.json").read_text())
+    assert (s["settings"]["model"], s["settings"]["points_per_side"]) == (
+        "SAM given by the caller (Sam)", 32)
 
     # the table: these numbers; the definitions: the docstrings, quoted in the JSON and the table
     table = (out / "sam_vs_model_b.md").read_text()
@@ -404,43 +439,71 @@ def test_sam_against_model_b_summary_equals_hand_computed_numbers(tmp_path, monk
             "n/a |") in table
     assert "5 SAM masks" in table and "purity against ground truth 0.7407" in table
     assert "pixels under a mask 0.9583." in table
-    assert s["definitions"] == p2_sam.definitions()
+    assert s["definitions"] == p2_sam_vs_model_b.definitions()
     assert s["definitions"]["purity"].startswith(
         "Class purity of SAM's masks against ground truth: sum_m max_c |m & GT_c| / sum_m |m|")
     assert s["definitions"]["sam_relabelled"].startswith("Model B relabelled by SAM masks:")
     assert "IoU_c = TP / (TP + FP + FN)" in s["definitions"]["miou"]
     for key, text in s["definitions"].items():
         assert f"- {key}: {text}" in table.splitlines()
-    # RESULTS.md includes the table as p2_sam.py wrote it
+    # RESULTS.md includes the table as p2_sam_vs_model_b.py wrote it
     section = "\n".join(results_report.sam_section(tmp_path, runs, {}))
     assert table.strip() in section and "sam_vs_model_b.png" in section
+    # the figure shows the images of the SAM run's figure (its --figure-ids), as if given here
+    p2_sam_vs_model_b.main(parse_vs("--sam-dir", out, "--labels", val, "--pred", pred_dir,
+                                    "--output-dir", tmp_path / "given", "--figure-ids", "0002"))
+    assert (out / "sam_vs_model_b.png").read_bytes() == (
+        tmp_path / "given" / "sam_vs_model_b.png").read_bytes()
 
 
-def test_missing_model_b_prediction_stops_before_sam_runs(tmp_path):
-    pred_dir = tmp_path / "model_b"
+def test_the_comparison_refuses_a_missing_prediction_or_masks_run_in_one_line(tmp_path):
+    """Each mistake stops before anything is scored or written, naming the path to fix: no
+    model B mask for an image with ground truth, no SAM run, a run without --save-masks, and
+    masks left by another run (a later --overwrite run without --save-masks)."""
+    src, pred_dir, out = tmp_path / "in", tmp_path / "model_b", tmp_path / "sam"
+    src.mkdir()
     pred_dir.mkdir()
-    args = parse("--input", SAMPLES, "--ids", "0008", "--output-dir", tmp_path / "out",
-                 "--gt-dir", SAMPLES, "--pred-dir", pred_dir)
+    image, gt = small_sample("0008", (64, 48))
+    Image.fromarray(image).save(src / "0008_sat.jpg")
+    data.write_mask(src / "0008_mask.png", gt)
+    sam_argv = ["--input", src, "--output-dir", out, "--device", "cpu", *LOOSE]
+    p2_sam.main(parse(*sam_argv, "--save-masks"), model=tiny_sam())  # 27 masks
+    compare = parse_vs("--sam-dir", out, "--labels", src, "--pred", pred_dir)
     with pytest.raises(errors.UserError, match="0008_mask.png.*hw1_2.sh"):
-        p2_sam.main(args, model=tiny_sam())
-    with pytest.raises(errors.UserError, match="go together"):
-        p2_sam.main(parse("--input", SAMPLES, "--output-dir", tmp_path / "o", "--gt-dir",
-                          SAMPLES), model=tiny_sam())
+        p2_sam_vs_model_b.main(compare)
+    data.write_mask(pred_dir / "0008_mask.png", gt)
+    # 2 x 2 points: 12 masks, none saved; masks/0008/ still holds the 27 of the first run
+    p2_sam.main(parse(*sam_argv, "--overwrite", "--points-per-side", "2"), model=tiny_sam())
+    with pytest.raises(errors.UserError, match="holds 27 masks, sam_log.jsonl says 12"):
+        p2_sam_vs_model_b.main(compare)
+    p2_sam.main(parse(*sam_argv, "--output-dir", tmp_path / "unsaved"), model=tiny_sam())
+    with pytest.raises(errors.UserError) as e:
+        p2_sam_vs_model_b.main(parse_vs("--sam-dir", tmp_path / "unsaved", "--labels", src,
+                                        "--pred", pred_dir))
+    assert str(tmp_path / "unsaved" / "masks" / "0008" / "metadata.csv") in e.value.message
+    assert "--save-masks" in e.value.message and "\n" not in e.value.message
+    with pytest.raises(errors.UserError, match="holds no p2_sam.py run"):
+        p2_sam_vs_model_b.main(parse_vs("--sam-dir", src, "--labels", src, "--pred",
+                                        pred_dir))
+    assert not list(tmp_path.glob("*/sam_vs_model_b.*"))
+    with pytest.raises(SystemExit) as e:  # ground truth and model B's masks go together
+        parse_vs("--sam-dir", out, "--labels", src)
+    assert e.value.code == 2
 
 
 def test_images_are_read_with_opencv_as_the_report_did(tmp_path):
     """The report's SAM run read its images with OpenCV (cv2.imread, BGR -> RGB), as SAM's own
-    amg.py does; p2_sam.read_image gives exactly that, and goes through data.load_rgb for a file
+    amg.py does; sam_masks.read_image gives exactly that, and goes through data.load_rgb for a file
     OpenCV cannot read as 8-bit colour (a 16-bit grayscale PNG)."""
     import cv2
     path = REPO / "tests" / "data" / "0008_sat.jpg"
     want = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-    got = p2_sam.read_image(path)
+    got = sam_masks.read_image(path)
     assert got.dtype == np.uint8 and got.shape == (512, 512, 3)
     assert np.array_equal(got, want)
     sixteen = tmp_path / "gray16.png"
     Image.fromarray(np.full((8, 8), 257 * 200, dtype=np.uint16)).save(sixteen)
-    assert np.array_equal(p2_sam.read_image(sixteen), np.full((8, 8, 3), 200, np.uint8))
+    assert np.array_equal(sam_masks.read_image(sixteen), np.full((8, 8, 3), 200, np.uint8))
 
 
 def test_the_run_reads_each_image_with_opencv(tmp_path, monkeypatch):

@@ -9,14 +9,22 @@
 #   4. bench.py --ablate (BYOL and DeepLabV3, each tuning switch off in turn);
 #   5. bench.py --compile (fine-tuning and DeepLabV3 under torch.compile), if time is left.
 # Usage: bash tools/gpu_prepare.sh here (wheels into .gpu/), then on the machine:
-#   bash tools/gpu_check.sh [OUT_DIR]     (default: $OUT, else results/gpu)
-# Results: OUT_DIR/{env.txt, gpu_check.log, memory_plan.json, bench_cuda.json, profile_cuda.txt,
+#   bash tools/gpu_check.sh [--output-dir DIR]     (default: $OUT, else results/gpu)
+# Results: DIR/{env.txt, gpu_check.log, memory_plan.json, bench_cuda.json, profile_cuda.txt,
 # bench_ablate.json, bench_compile.json}; bench.py saves its JSON after every workload, so a stage cut at its
 # limit (SIGINT, reported as "cut", not as a failure) keeps what it measured. Exit status: 0
 # when no stage failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-${OUT:-results/gpu}}
+out=${OUT:-results/gpu}
+case "${1:-}" in
+  --output-dir) out=${2:?--output-dir needs a folder} ;;
+  -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+  "") ;;
+  -*) echo "gpu_check: unknown option $1 (usage: bash tools/gpu_check.sh [--output-dir DIR])" >&2
+      exit 2 ;;
+  *) out=$1 ;;  # the folder alone: the old form, accepted for one more release
+esac
 mkdir -p "$out"
 log=$out/gpu_check.log
 budget=${GPU_CHECK_BUDGET:-480}

@@ -54,9 +54,11 @@ def get_args_parser():
                         choices=sorted(recipes.RECIPES), help="scripts to plan")
     parser.add_argument("--recipes", nargs="*", default=list(recipes.NAMES),
                         choices=recipes.NAMES, help="recipes to plan")
-    parser.add_argument("--scale", type=int, default=4,
-                        help="segmentation activations are counted at side / SCALE and scaled "
-                        "by the pixel count (1: at the full side, slower)")
+    # --scale is the old name (reproduce.sh's --scale is the demo's size, another thing)
+    cli.old_name(parser, "--scale", parser.add_argument(
+        "--downscale", type=int, default=4,
+        help="segmentation activations are counted at side / DOWNSCALE and scaled by the "
+        "pixel count (1: at the full side, slower)"))
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--check", action="store_true",
                         help="CUDA: run one real step per row and print the measured peak")
@@ -206,7 +208,7 @@ def main(args):
     rows = []
     for script in args.only:
         for recipe in args.recipes:
-            rows.append(plan(script, recipe, args.scale))
+            rows.append(plan(script, recipe, args.downscale))
             print(f"{script} {recipe}: peak {rows[-1]['peak_gb']:.1f} GB", file=sys.stderr)
     print(table(rows))
     if args.json is not None:
