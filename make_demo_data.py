@@ -26,12 +26,14 @@ What is in the tree:
 - `p1_data/office/{train,val}/{label}_{id}.jpg` and `{train,val}.csv` (header
   `id,filename,label`): `--office-classes` classes (65 by default), images of varied,
   non-square sizes (60-140 px a side).
-- `p1_data/pretrain_model_SL.pt`: a torchvision `resnet50(weights=None)` state_dict.
-  It is a stand-in for the FORMAT of the course's supervised checkpoint only: by default
-  (`--sl-steps 0`) it is randomly initialised (seeded), NOT a supervised model, so settings
-  B and D run on it like setting A. `--sl-steps N` trains it supervised on the generated
-  mini images for N steps (128 px, ImageNet mean/std, like the real file) to give B/D a
-  head start; cheap on a GPU, about 4 s a step on a 2-core CPU.
+- `p1_data/pretrain_model_SL.pt`: a torchvision `resnet50(weights=None)` state_dict
+  (`--sl-arch resnet18`: a resnet18, for P1 runs with `--arch resnet18`). By default
+  (`--sl-steps 0`) it is randomly initialised (seeded), a stand-in for the FORMAT of the
+  course's supervised checkpoint only, so settings B and D run on it like setting A.
+  `--sl-steps N` trains it with the labels of the generated mini images for N steps (batch
+  64, ImageNet mean/std, `--sl-size` px: 128 like the real file by default), so that B/D
+  start from a supervised backbone, as in the report; the demo (reproduce.sh) trains a
+  resnet18 at 32 px for 120 steps.
 - `p2_data/{train,validation}/{id:04d}_sat.jpg` + `{id:04d}_mask.png`: `--seg-size`
   square land-cover scenes (512 px by default). Train ids are 0000..N-1; validation ids
   are 0000..N-1 plus 0013, 0062 and 0104, the images the report shows. Masks use exactly
@@ -40,9 +42,10 @@ What is in the tree:
 How the images are made (so the learnable signal is known):
 
 - Classification: class c is the unique combination shape = c % 5 (disc, square,
-  triangle, cross, ring), texture = (c // 5) % 3 (solid, stripes, checker), hue band =
-  (c // 15) % 5 and shade = c // 75 (bright/dark), drawn at a random position, scale and
-  rotation over a desaturated, noisy background. Mini and Office share this attribute
+  triangle, cross, ring), texture = c % 3 (solid, stripes, checker), shade = c % 2
+  (bright/dark) and hue band = (c % 5 + c // 30) % 5, drawn at a random position, scale and
+  rotation over a desaturated, noisy background; neighbouring labels differ in every
+  attribute, so the demo's 8 classes differ in colour, shape, texture and shade. Mini and Office share this attribute
   space, so features pre-trained on mini transfer. At most 150 classes.
 - Segmentation: a randomly warped Voronoi partition; each region gets a class and a
   class-specific texture (Urban grey blocks and roads, Agriculture striped yellow-green
@@ -211,8 +214,12 @@ def _save_jpeg(array, path):
 
 
 def class_attributes(label):
-    """(shape, texture, hue band, shade) indices of a classification class; unique below 150."""
-    return (label % 5, (label // 5) % 3, (label // 15) % N_HUES, label // 75)
+    """(shape, texture, hue band, shade) indices of a classification class; unique below 150.
+
+    Every attribute changes from one label to the next (shape c % 5, texture c % 3, shade c % 2
+    fix c % 30; the hue band adds c // 30), so that a few classes, as in the demo, differ in
+    colour, shape, texture and shade at once instead of in shape alone."""
+    return (label % 5, label % 3, (label % 5 + label // 30) % N_HUES, label % 2)
 
 
 # ------------------------------------------------------------- classification images

@@ -198,6 +198,10 @@ def build_deeplabv3(cfg, load_pretrained=True):
                         aux_loss=True)
     if cfg.get("aux_weight") == 0:  # a head outside the loss: neither computed nor saved
         model.aux_classifier = None
+    if cfg.get("bn_momentum") is not None:  # --bn-momentum
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = cfg["bn_momentum"]
     return model
 
 

@@ -44,6 +44,11 @@ def get_args_parser():
     g.add_argument("--init", choices=["coco", "imagenet"], default="coco",
                    help="coco: the whole network from COCO-VOC segmentation weights (new last "
                         "layers); imagenet: backbone only. --no-pretrained overrides both")
+    g.add_argument("--bn-momentum", type=float, default=None,
+                   help="BatchNorm's running-statistics momentum (default: the network's own, "
+                        "0.1 for ResNet, 0.01 for MobileNetV3). From random weights for a few "
+                        "hundred steps, MobileNetV3's 0.01 leaves the statistics that "
+                        "validation uses far behind the network: pass 0.1")
     g.add_argument("--aux-weight", type=float, default=0.4,
                    help="weight of the auxiliary head's loss (torchvision's reference uses 0.5)")
     parser.set_defaults(model_name="deeplabv3")

@@ -210,6 +210,14 @@ def _object_features(path):
     return np.array([np.cos(hue), np.sin(hue), spread, coherence, compact, centre])
 
 
+def test_class_attributes_are_unique_and_change_from_one_label_to_the_next():
+    attrs = [mdd.class_attributes(c) for c in range(mdd.MAX_CLASSES)]
+    assert len(set(attrs)) == mdd.MAX_CLASSES == 150
+    assert {a[0] for a in attrs} == set(range(5)) and {a[2] for a in attrs} == set(range(5))
+    for a, b in zip(attrs, attrs[1:]):  # the demo's 8 classes differ in colour, shape, ...
+        assert all(x != y for x, y in zip(a, b)), (a, b)
+
+
 def test_office_classes_are_learnable(tree):
     out, _ = tree
     office = out / "p1_data/office"

@@ -192,6 +192,25 @@ def test_deeplabv3_coco_init_replaces_last_layers(monkeypatch):
                        coco["classifier.0.convs.0.0.weight"])
 
 
+def test_bn_momentum_sets_every_batchnorms_running_statistics_step():
+    """--bn-momentum 0.1: one training forward moves each running mean a tenth of the way to
+    the batch's mean (MobileNetV3's own 0.01 moves it a hundredth)."""
+    for flags, momentum in (([], 0.01), (["--bn-momentum", "0.1"], 0.1)):
+        args = p2_train_deeplabv3.get_args_parser().parse_args(
+            ["--data-dir", "x", "--arch", "mobilenet_v3_large", "--no-pretrained", *flags])
+        model = p2_common.build_deeplabv3(vars(args), load_pretrained=args.pretrained).train()
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        backbone = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert {m.momentum for m in backbone} == {momentum}  # the head's own are 0.1
+        assert {m.momentum for m in norms} == ({0.01, 0.1} if not flags else {0.1})
+        first = model.backbone["0"][1]  # the stem's BatchNorm, right after its convolution
+        x = torch.rand(2, 3, 64, 64) + 1.0
+        with torch.no_grad():
+            batch_mean = model.backbone["0"][0](x).mean((0, 2, 3))
+            model(x)
+        torch.testing.assert_close(first.running_mean, momentum * batch_mean)
+
+
 @pytest.mark.parametrize("build, cfg", [
     (p2_common.build_fcn32s, {}),
     (p2_common.build_deeplabv3, {"arch": "mobilenet_v3_large", "init": "coco"}),

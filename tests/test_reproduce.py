@@ -152,6 +152,21 @@ def test_learning_table_compares_best_with_first_epoch_and_chance(tmp_path):
         "| P2 model A: VGG16-FCN32s | 0.3000 | 0.2000 | 0.2500 | 0.2500 | **no** |")  # < chance
     assert rows["P2 model B: DeepLabV3-ResNet50"].endswith(
         "| 0.3000 | 0.2000 | 0.4000 | 0.4000 | yes |")
+    assert not any("bars" in ln for ln in lines)  # the demo's bars: a demo's RESULTS.md only
+
+    # a demo: model B named by the backbone its run used, and the bars checked (chance 25.0)
+    write(runs / "p2_deeplabv3" / "args.json", {"arch": "mobilenet_v3_large"})
+    lines = results_report.learning_section(out, runs, {"data_root": str(data), "mode": "demo"})
+    assert any(ln.startswith("| P2 model B: DeepLabV3-mobilenet_v3_large | 0.3000 |")
+               for ln in lines)
+    assert ("The demo's bars, best validation score: P1 A-C at least 2x chance, D-E 1.5x, "
+            "model B mIoU at least 0.2500: **missed** by C (20.0 < 50.0), D (30.0 < 37.5).") \
+        in lines  # A (50.0) and B (50.0) meet 2x exactly, E (75.0) 1.5x, model B 0.4 > 0.25
+    write_jsonl(runs / "p2_deeplabv3" / "log.jsonl", [{"epoch": 1, "val_miou": 0.2}])
+    write_jsonl(runs / "p1_finetune" / "C" / "log.jsonl", [{"epoch": 1, "val_acc": 0.5}])
+    write_jsonl(runs / "p1_finetune" / "D" / "log.jsonl", [{"epoch": 1, "val_acc": 0.375}])
+    lines = results_report.learning_section(out, runs, {"data_root": str(data), "mode": "demo"})
+    assert lines[-3].endswith("**missed** by model B (0.2000 < 0.2500).")
 
 
 def test_demo_warning_names_the_networks_the_runs_trained(tmp_path):
