@@ -45,8 +45,9 @@ How the images are made (so the learnable signal is known):
   triangle, cross, ring), texture = c % 3 (solid, stripes, checker), shade = c % 2
   (bright/dark) and hue band = (c % 5 + c // 30) % 5, drawn at a random position, scale and
   rotation over a desaturated, noisy background; neighbouring labels differ in every
-  attribute, so the demo's 8 classes differ in colour, shape, texture and shade. Mini and Office share this attribute
-  space, so features pre-trained on mini transfer. At most 150 classes.
+  attribute, so the demo's 8 classes differ in colour, shape, texture and shade. Mini and
+  Office share this attribute space, so features pre-trained on mini transfer. At most 150
+  classes.
 - Segmentation: a randomly warped Voronoi partition; each region gets a class and a
   class-specific texture (Urban grey blocks and roads, Agriculture striped yellow-green
   fields, Rangeland brown noise, Forest dark blobby green, Water smooth dark blue, Barren
