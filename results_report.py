@@ -94,7 +94,7 @@ DEMO_WARNING = (
 def demo_networks(runs):
     """What the demo's runs trained (their args.json), in words, for DEMO_WARNING."""
     c = read_json(runs / "p1_finetune" / "C" / "args.json") or {}
-    b = read_json(runs / "p2_deeplabv3" / "args.json") or {}
+    b = read_json(runs / MODELS["B"][1] / "args.json") or {}
     data_dir = Path(c.get("data_dir", "")).resolve()  # .../demo_data/p1_data[/office]
     marks = [read_json(d / "make_demo_data.json") for d in list(data_dir.parents)[:3]]
     sl = next((m for m in marks if m), {}).get("settings", {})
@@ -102,7 +102,7 @@ def demo_networks(runs):
              f"its `pretrain_model_SL.pt` a {sl.get('sl_arch', 'resnet50')} "
              + (f"trained with labels for {sl['sl_steps']} steps on the demo's mini images"
                 if sl.get("sl_steps") else "with random weights, so B/D start like A"),
-             f"model B a DeepLabV3-{b.get('arch', 'resnet50')}"
+             f"model B a {model_names(runs)['B']}"
              + (" from random weights" if b.get("pretrained") is False else "")]
     return "; ".join(parts)
 
@@ -464,31 +464,31 @@ def learning_section(out, runs, info):
              "|---|---|---|---|---|---|"]
     root = Path(info.get("data_root", "hw1_data"))
     chance = p1_chance(root if root.is_absolute() else ROOT / root)
-    rows = [(f"P1 setting {s}", runs / "p1_finetune" / s / "log.jsonl", "val_acc", chance, pct)
-            for s in SETTINGS]
+    rows = [(s, f"P1 setting {s}", runs / "p1_finetune" / s / "log.jsonl", "val_acc", chance,
+             pct) for s in SETTINGS]
     names = model_names(runs)
     for letter, (_, run, _) in MODELS.items():
         score = read_json(out / f"p2_{letter}_scores.json") or {}
         base = majority_miou(score["confusion"]) if "confusion" in score else None
-        rows.append((f"P2 model {letter}: {names[letter]}", runs / run / "log.jsonl",
-                     "val_miou", base, iou))
-    bests, missed = {}, []
-    for label, log_path, key, base, fmt in rows:
+        rows.append((f"model {letter}", f"P2 model {letter}: {names[letter]}",
+                     runs / run / "log.jsonl", "val_miou", base, iou))
+    bests, missed = {}, []  # bests: "A".."E", "model A", "model B" -> best validation score
+    for row, label, log_path, key, base, fmt in rows:
         log = [r for r in read_jsonl(log_path) if r.get(key) is not None]
         if not log:
             lines.append(f"| {label} | {fmt(base)} | not run | not run | not run | |")
             continue
         first, best = log[0][key], max(r[key] for r in log)
-        bests[label] = best
+        bests[row] = best
         learns = best > first and (base is None or best > base)
         lines.append(f"| {label} | {fmt(base)} | {fmt(first)} | {fmt(best)} | "
                      f"{fmt(log[-1][key])} | {'yes' if learns else '**no**'} |")
     if info.get("mode") == "demo":
         for s, times in DEMO_BARS.items():
-            best = bests.get(f"P1 setting {s}")
+            best = bests.get(s)
             if chance is None or best is None or best < times * chance:
                 missed.append(f"{s} ({pct(best)} < {pct(times * chance) if chance else '?'})")
-        best_b = bests.get(f"P2 model B: {names['B']}")
+        best_b = bests.get("model B")
         if best_b is None or best_b < DEMO_MIOU_BAR:
             missed.append(f"model B ({iou(best_b)} < {iou(DEMO_MIOU_BAR)})")
         lines += ["", "The demo's bars, best validation score: P1 A-C at least 2x chance, D-E "

@@ -151,12 +151,16 @@ class MicroBatch:
         (BatchNorm in training needs 2 values a channel: DeepLabV3's pooled ASPP branch)."""
         return max(2, self.smallest, batch_size // 8)
 
-    def choose(self, batch_size, rows, before, pending=0):
+    def choose(self, batch_size, rows, before, optimizer):
         """After the forward and backward of the first `rows` images, from `before` = the bytes
         allocated when they started: per image = (peak - before) / rows (the fixed costs count
         as if per image: an overestimate); room = capacity - before - pending (`pending`: the
-        optimizer state its first step will allocate); the micro-batch =
+        optimizer state its first step will allocate, Adam's two moments = twice the trainable
+        parameters' bytes, while `optimizer` holds none yet); the micro-batch =
         floor(MARGIN * room / per image), or None (whole batches) if that holds the batch."""
+        pending = 0 if optimizer.state else 2 * sum(
+            p.numel() * p.element_size() for g in optimizer.param_groups for p in g["params"]
+            if p.requires_grad)
         per_image = max(1, self.memory.peak() - before) / rows
         room = self.memory.capacity() - before - pending
         fits = max(self.smallest, int(self.MARGIN * room / per_image))
@@ -208,11 +212,8 @@ def optimizer_step(model, optimizer, batch_size, loss_of, micro=None, clip_grad=
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                 total = total + loss.detach()
                 others.append(other)
-                if probe and start == 0:  # Adam's two moments: twice the parameters' bytes
-                    state = 0 if optimizer.state else 2 * sum(
-                        p.numel() * p.element_size() for g in optimizer.param_groups
-                        for p in g["params"] if p.requires_grad)
-                    size = micro.choose(batch_size, rows, before, state)
+                if probe and start == 0:
+                    size = micro.choose(batch_size, rows, before, optimizer)
                 start = stop
             break
         except torch.cuda.OutOfMemoryError:
