@@ -276,7 +276,7 @@ def build_learner(args, device, views=None):
     The ResNet's fc is not on BYOL's path (the hidden layer is avgpool), so it never gets a
     gradient: it is frozen, which lets DistributedDataParallel expect none (AdamW skipped it
     anyway; backbone.pth still holds it, at its initial values)."""
-    net = getattr(torchvision.models, getattr(args, "arch", "resnet50"))(weights=None).to(device)
+    net = getattr(torchvision.models, args.arch)(weights=None).to(device)
     net.fc.requires_grad_(False)
     with plain_batchnorm():
         learner = BYOL(net, image_size=args.image_size, hidden_layer="avgpool",

@@ -200,7 +200,7 @@ case "$SCALE" in
     SAM_ARGS=(--ids 0013 0062 0104)
     ;;
   demo)
-    # Ten minutes on a 2-core CPU, and every model learns. P1: 8 classes instead of 65 (labels
+    # About 6 minutes on a 2-core CPU (README); every model but FCN32s learns. P1: 8 classes (labels
     # 0..7 of the same 65-way head), 16 validation images a class, 32 px, on a ResNet18 (--arch;
     # ResNet50 learns too slowly from a few hundred images), with a pretrain_model_SL.pt that is a
     # ResNet18 trained with labels on the demo's mini images, so that B and D show what supervised
